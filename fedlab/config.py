@@ -1,0 +1,216 @@
+"""Typed run configuration, parsed once from the Flower run config and validated before any work.
+
+Every key of ``[tool.flwr.app.config]`` in ``pyproject.toml`` maps to one field of
+:class:`RunConfig` (kebab-case in the run config, snake_case here). Unknown keys, wrong
+types, unknown registry names and out-of-range numbers raise :class:`ConfigError` naming
+the key, the value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+LatentDtype = Literal["float16", "float32"]
+
+
+class ConfigError(ValueError):
+    """Invalid run-config value; the message names the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All settings of one fedlab run; defaults match ``[tool.flwr.app.config]``."""
+
+    # Method and run
+    strategy: str = "fedsd2c"
+    seed: int = 0
+    num_clients: int = 10
+    num_server_rounds: int = 1
+    min_replies: int = 1
+    reply_timeout: float = 3600.0
+    node_wait_seconds: float = 120.0
+    output_dir: str = "outputs"
+    run_name: str = ""
+
+    # Data
+    dataset: str = "mnist"
+    data_root: str = ""
+    image_size: int = 0
+    test_fraction: float = 0.2
+    public_fraction: float = 0.1
+    max_pool_samples: int = 0
+    partitioner: str = "dirichlet"
+    alpha: float = 0.1
+    min_partition_size: int = 10
+    shards_per_client: int = 2
+
+    # Model
+    model: str = "convnet"
+    model_width: int = 128
+    model_depth: int = 3
+
+    # Local training (every strategy)
+    local_epochs: int = 20
+    local_lr: float = 0.01
+    local_batch_size: int = 32
+    local_weight_decay: float = 5e-4
+
+    # Public autoencoder
+    autoencoder: str = "pretrain"
+    ae_downsample: int = 4
+    ae_latent_channels: int = 4
+    ae_base_channels: int = 32
+    ae_pretrain_epochs: int = 60
+    ae_cache_dir: str = ""
+
+    # FedSD2C distillation
+    distiller: str = "fedsd2c"
+    ipc: int = 50
+    mipc: int = 100
+    num_crops: int = 5
+    crop_scale_min: float = 0.5
+    amplitude_mix: float = 0.8
+    synthesis_iterations: int = 50
+    synthesis_lr: float = 0.05
+    soft_label_temperature: float = 1.0
+    latent_dtype: LatentDtype = "float16"
+
+    # Server training on distillates
+    server_epochs: int = 100
+    server_lr: float = 0.01
+    server_batch_size: int = 64
+    distill_temperature: float = 1.0
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a config from a Flower run config (kebab-case keys).
+
+        Raises
+        ------
+        ConfigError
+            On an unknown key, a value of the wrong type, or an invalid value.
+        """
+        by_key = {f.name.replace("_", "-"): f for f in fields(cls)}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for key, raw in run_config.items():
+            field = by_key.get(key)
+            if field is None:
+                raise ConfigError(
+                    f"unknown run-config key {key!r}; valid keys: {', '.join(sorted(by_key))}"
+                )
+            values[field.name] = _coerce(key, raw, hints[field.name])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Return the config as kebab-case run-config keys (the form saved with results)."""
+        return {name.replace("_", "-"): value for name, value in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a validated copy with some fields changed."""
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check every value against its range and every name against its registry."""
+        from fedlab import registries  # imported late: the registries import the components
+
+        registries.check_name("strategy", self.strategy)
+        registries.check_name("dataset", self.dataset)
+        registries.check_name("model", self.model)
+        registries.check_name("partitioner", self.partitioner)
+        registries.check_name("distiller", self.distiller)
+
+        _check(self, "num_clients", self.num_clients >= 1, "at least 1")
+        _check(self, "num_server_rounds", self.num_server_rounds >= 1, "at least 1")
+        _check(self, "min_replies", self.min_replies >= 1, "at least 1")
+        _check(self, "reply_timeout", self.reply_timeout > 0, "positive (seconds)")
+        _check(self, "node_wait_seconds", self.node_wait_seconds >= 0, "0 or more (seconds)")
+        _check(self, "image_size", self.image_size >= 0, "0 (native size) or a positive size")
+        _check(self, "test_fraction", 0 <= self.test_fraction < 1, "in [0, 1)")
+        _check(self, "public_fraction", 0 <= self.public_fraction < 1, "in [0, 1)")
+        _check(
+            self,
+            "public_fraction",
+            self.test_fraction + self.public_fraction < 1,
+            f"such that test-fraction + public-fraction < 1 (test-fraction is {self.test_fraction})",
+        )
+        _check(self, "max_pool_samples", self.max_pool_samples >= 0, "0 (no cap) or positive")
+        _check(self, "alpha", self.alpha > 0 and math.isfinite(self.alpha), "a finite number > 0")
+        _check(self, "min_partition_size", self.min_partition_size >= 0, "0 or more")
+        _check(self, "shards_per_client", self.shards_per_client >= 1, "at least 1")
+        _check(self, "model_width", self.model_width >= 1, "at least 1")
+        _check(self, "model_depth", self.model_depth >= 1, "at least 1")
+        _check(self, "local_epochs", self.local_epochs >= 1, "at least 1")
+        _check(self, "local_lr", self.local_lr > 0, "positive")
+        _check(self, "local_batch_size", self.local_batch_size >= 1, "at least 1")
+        _check(self, "local_weight_decay", self.local_weight_decay >= 0, "0 or more")
+        _check(
+            self,
+            "ae_downsample",
+            self.ae_downsample >= 1 and self.ae_downsample & (self.ae_downsample - 1) == 0,
+            "a power of two (1, 2, 4, 8, ...)",
+        )
+        _check(self, "ae_latent_channels", self.ae_latent_channels >= 1, "at least 1")
+        _check(self, "ae_base_channels", self.ae_base_channels >= 1, "at least 1")
+        _check(self, "ae_pretrain_epochs", self.ae_pretrain_epochs >= 1, "at least 1")
+        _check(self, "ipc", self.ipc >= 1, "at least 1")
+        _check(self, "mipc", self.mipc >= self.ipc, f"at least ipc ({self.ipc})")
+        _check(self, "num_crops", self.num_crops >= 1, "at least 1")
+        _check(self, "crop_scale_min", 0 < self.crop_scale_min <= 1, "in (0, 1]")
+        _check(self, "amplitude_mix", 0 <= self.amplitude_mix <= 1, "in [0, 1]")
+        _check(self, "synthesis_iterations", self.synthesis_iterations >= 0, "0 or more")
+        _check(self, "synthesis_lr", self.synthesis_lr > 0, "positive")
+        _check(self, "soft_label_temperature", self.soft_label_temperature > 0, "positive")
+        _check(self, "latent_dtype", self.latent_dtype in get_args(LatentDtype),
+               f"one of {', '.join(get_args(LatentDtype))}")
+        _check(self, "server_epochs", self.server_epochs >= 1, "at least 1")
+        _check(self, "server_lr", self.server_lr > 0, "positive")
+        _check(self, "server_batch_size", self.server_batch_size >= 1, "at least 1")
+        _check(self, "distill_temperature", self.distill_temperature > 0, "positive")
+        if self.autoencoder not in ("pretrain", "random") and not self.autoencoder.strip():
+            raise ConfigError(
+                "run-config key 'autoencoder' is empty; use 'pretrain', 'random' or the path of "
+                "a saved diffusers AutoencoderKL folder"
+            )
+
+
+def _check(config: RunConfig, name: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        key = name.replace("_", "-")
+        raise ConfigError(
+            f"invalid run-config value {key}={getattr(config, name)!r}: must be {allowed}"
+        )
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    """Convert a run-config value to the field's type, rejecting lossy conversions."""
+    if typing.get_origin(hint) is Literal:
+        hint = str
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+    elif hint is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+    elif hint is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+    elif hint is str:
+        if isinstance(raw, str):
+            return raw
+    type_name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(
+        f"invalid run-config value {key}={raw!r}: expected {type_name}, got {type(raw).__name__}"
+        + (" (quote strings: key='value')" if hint is str else "")
+    )

