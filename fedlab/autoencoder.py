@@ -37,6 +37,7 @@ MIN_CHANNELS_PER_GROUP = 4
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
+    # bool is a subclass of int, but True as a size is a caller bug.
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     if value < minimum:
@@ -54,25 +55,23 @@ def _norm_num_groups(base_channels: int) -> int:
 
 
 def _check_factor(downsample_factor: object) -> int:
-    _check_int("downsample_factor", downsample_factor, 1)
-    assert isinstance(downsample_factor, int)
-    if downsample_factor & (downsample_factor - 1):
+    factor = _check_int("downsample_factor", downsample_factor, 1)
+    if factor & (factor - 1):
         raise ValueError(
             f"downsample_factor must be a power of two (1, 2, 4, 8, ...), got {downsample_factor}"
         )
-    return downsample_factor
+    return factor
 
 
 def _check_image_size(image_size: object, downsample_factor: int) -> int:
-    _check_int("image_size", image_size, 1)
-    assert isinstance(image_size, int)
-    if image_size % downsample_factor:
+    size = _check_int("image_size", image_size, 1)
+    if size % downsample_factor:
         raise ValueError(
             f"image_size={image_size} is not divisible by downsample_factor={downsample_factor}; "
             f"the decoder could not give back {image_size}x{image_size} images. Use a factor "
             f"that divides the image size or resize the images to a multiple of {downsample_factor}"
         )
-    return image_size
+    return size
 
 
 def downsample_factor_of(ae: AutoencoderKL) -> int:

@@ -1,0 +1,152 @@
+"""Command-line entry point: ``fedlab run``, ``fedlab pretrain-autoencoder``, ``fedlab list``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedlab.config import ConfigError, RunConfig
+
+logger = logging.getLogger("fedlab")
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def app_defaults(app_dir: Path) -> dict[str, Any]:
+    """Return ``[tool.flwr.app.config]`` of the app's pyproject.toml."""
+    pyproject = app_dir / "pyproject.toml"
+    if not pyproject.exists():
+        raise FileNotFoundError(f"{pyproject} not found; pass --app-dir the folder of the fedlab app")
+    with pyproject.open("rb") as handle:
+        return dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
+
+
+def resolve_run_config(
+    app_dir: Path, overrides: list[str], clients: int | None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """Merge the app's defaults with `overrides` and validate; return the config and the overrides.
+
+    Relative ``output-dir`` and ``ae-cache-dir`` are made absolute against the current
+    folder, because the ServerApp runs in another working directory.
+    """
+    from flwr.common.config import parse_config_args
+
+    parsed = parse_config_args([item for item in overrides if item.strip()])
+    if clients is not None:
+        parsed["num-clients"] = clients
+    merged = {**app_defaults(app_dir), **parsed}
+    for key in ("output-dir", "ae-cache-dir", "data-root"):
+        value = merged.get(key, "")
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            parsed[key] = str(Path(value).expanduser().resolve())
+    merged.update(parsed)
+    return RunConfig.from_run_config(merged), parsed
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flwr.common.config import parse_config_args
+
+    from fedlab.launch import simulate
+
+    app_dir = Path(args.app_dir).resolve()
+    try:
+        config, overrides = resolve_run_config(app_dir, args.run_config, args.clients)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    federation = parse_config_args([item for item in args.federation_config if item.strip()])
+    federation.setdefault("client-resources-num-cpus", 1)
+    outcome = simulate(
+        app_dir,
+        num_supernodes=config.num_clients,
+        run_config=overrides,
+        federation_config=federation,
+        echo=not args.quiet,
+    )
+    if not outcome.completed:
+        print(f"error: Flower run {outcome.run_id} ended with status {outcome.status}", file=sys.stderr)
+        return 1
+    if outcome.results_path is None or not outcome.results_path.exists():
+        print(f"error: run {outcome.run_id} completed but wrote no results.json", file=sys.stderr)
+        return 1
+    print(outcome.results_path)
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from fedlab.autoencoder import (
+        build_autoencoder,
+        pretrain_autoencoder,
+        reconstruction_psnr,
+        save_autoencoder,
+    )
+    from fedlab.federation import federated_data
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config, _ = resolve_run_config(Path(args.app_dir).resolve(), args.run_config, None)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    data = federated_data(config)
+    if data.public is None:
+        print(f"error: public-fraction={config.public_fraction} leaves no public split to train on",
+              file=sys.stderr)
+        return 2
+    channels, height, _ = data.train.image_shape
+    autoencoder = build_autoencoder(
+        channels, height, downsample_factor=config.ae_downsample,
+        latent_channels=config.ae_latent_channels, base_channels=config.ae_base_channels,
+        seed=config.seed,
+    )
+    pretrain_autoencoder(autoencoder, data.public.float_images(), epochs=config.ae_pretrain_epochs,
+                         seed=config.seed)
+    path = save_autoencoder(autoencoder, args.out)
+    psnr = reconstruction_psnr(autoencoder, data.test.float_images())
+    logger.info("Trained on %s public images; test PSNR %.2f dB", len(data.public), psnr)
+    print(path)
+    return 0
+
+
+def _cmd_list(_: argparse.Namespace) -> int:
+    from fedlab.registries import all_registries
+
+    for kind, registry in all_registries().items():
+        print(f"{kind}: {', '.join(registry.names())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedlab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one simulation through `flwr run` on a private SuperLink")
+    run.add_argument("--app-dir", default=str(PROJECT_DIR), help="folder of the Flower App (default: %(default)s)")
+    run.add_argument("--clients", type=int, default=None, help="number of simulated clients (sets num-clients and num-supernodes)")
+    run.add_argument("--run-config", action="append", default=[], help="run-config overrides, e.g. \"strategy='fedavg' alpha=0.5\"")
+    run.add_argument("--federation-config", action="append", default=[], help="federation overrides, e.g. \"client-resources-num-cpus=2\"")
+    run.add_argument("--quiet", action="store_true", help="do not echo the run's log")
+    run.set_defaults(func=_cmd_run)
+
+    pretrain = commands.add_parser("pretrain-autoencoder", help="pretrain the public autoencoder on the public split and save it")
+    pretrain.add_argument("--out", required=True, help="folder to save the AutoencoderKL in (from_pretrained format)")
+    pretrain.add_argument("--app-dir", default=str(PROJECT_DIR), help="folder of the Flower App (default: %(default)s)")
+    pretrain.add_argument("--run-config", action="append", default=[], help="run-config overrides (dataset, seed, ae-* keys)")
+    pretrain.set_defaults(func=_cmd_pretrain)
+
+    listing = commands.add_parser("list", help="list the registered strategies, datasets, models, partitioners and distillers")
+    listing.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

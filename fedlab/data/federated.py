@@ -1,0 +1,167 @@
+"""Assembly of the server test set, public set and client partitions for one experiment."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedlab.data.datasets import ImageDataset, load_dataset
+from fedlab.data.partition import PARTITIONERS, PartitionParams
+from fedlab.data.splits import split_indices, stratified_subsample
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedData:
+    """Data of one federated experiment.
+
+    Instances are cached and shared within a process, so treat them as read-only.
+    The index arrays are marked non-writeable. Tensors have no such flag, so do not
+    modify them in place.
+
+    Attributes
+    ----------
+    train : ImageDataset
+        Dataset that `pool_indices` and `partitions` index into.
+    test : ImageDataset
+        Server test set, never given to clients or to the autoencoder: the official
+        test split when the dataset has one, else a stratified part of train.
+    public : ImageDataset or None
+        Public set for the autoencoder, carved from train, or None.
+    pool_indices : numpy.ndarray
+        Sorted int64 indices into `train` that the clients share.
+    partitions : list of numpy.ndarray
+        Per client, sorted int64 indices into `train` (not into the pool).
+    """
+
+    train: ImageDataset
+    test: ImageDataset
+    public: ImageDataset | None
+    pool_indices: np.ndarray
+    partitions: list[np.ndarray]
+
+    @property
+    def num_partitions(self) -> int:
+        """Number of clients."""
+        return len(self.partitions)
+
+    def client_dataset(self, partition_id: int) -> ImageDataset:
+        """Return the training samples of client `partition_id` as a dataset."""
+        if not 0 <= partition_id < len(self.partitions):
+            raise ValueError(
+                f"partition_id must be in 0..{len(self.partitions) - 1}, got {partition_id}"
+            )
+        return self.train.subset(self.partitions[partition_id])
+
+
+@functools.lru_cache(maxsize=4)
+def build_federated_data(
+    dataset: str,
+    data_root: str,
+    image_size: int,
+    test_fraction: float,
+    public_fraction: float,
+    max_pool_samples: int,
+    partitioner: str,
+    num_partitions: int,
+    seed: int,
+    params: PartitionParams,
+) -> FederatedData:
+    """Load a dataset, split off test and public sets, and partition the rest among clients.
+
+    Results are cached per process (up to 4 argument combinations), so repeated
+    calls with the same arguments return the same object without reloading.
+
+    Parameters
+    ----------
+    dataset : str
+        Registered dataset name, one of ``fedlab.data.DATASETS.names()``.
+    data_root : str
+        Folder with the dataset files, for datasets not bundled with a package.
+    image_size : int
+        Square side length in pixels, 0 for the dataset's default size.
+    test_fraction : float
+        Fraction of train held out as the server test set, in [0, 1). Ignored when
+        the dataset has an official test split. Must be > 0 otherwise.
+    public_fraction : float
+        Fraction of train held out as the public set, in [0, 1), or 0 for no public set.
+    max_pool_samples : int
+        Cap on the client pool size, applied by a stratified random subsample;
+        0 keeps the whole pool.
+    partitioner : str
+        Registered partitioner name, one of ``fedlab.data.PARTITIONERS.names()``.
+    num_partitions : int
+        Number of clients, >= 1.
+    seed : int
+        Non-negative seed for the splits, the pool cap and the partitioner.
+    params : PartitionParams
+        Partitioner settings.
+
+    Returns
+    -------
+    FederatedData
+        Train, test and public datasets, the client pool and the client partitions.
+
+    Raises
+    ------
+    ValueError
+        If the dataset has no official test split and `test_fraction` is 0, or any
+        argument is outside its valid range.
+    """
+    partition_fn = PARTITIONERS.get(partitioner)
+    if isinstance(max_pool_samples, bool) or not isinstance(max_pool_samples, (int, np.integer)):
+        raise TypeError(f"max_pool_samples must be an int (0 for no cap), got {max_pool_samples!r}")
+    if max_pool_samples < 0:
+        raise ValueError(f"max_pool_samples must be >= 0 (0 for no cap), got {max_pool_samples}")
+
+    bundle = load_dataset(dataset, data_root, image_size)
+    train = bundle.train
+    labels = train.labels.numpy()
+    if bundle.test is None and test_fraction == 0:
+        raise ValueError(
+            f"dataset {dataset!r} has no official test split, so test_fraction must be > 0 "
+            "to hold out a server test set, got test_fraction=0"
+        )
+    split_test_fraction = 0.0 if bundle.test is not None else test_fraction
+    splits = split_indices(labels, split_test_fraction, public_fraction, seed)
+
+    test = bundle.test if bundle.test is not None else train.subset(splits.test)
+    public = train.subset(splits.public) if len(splits.public) > 0 else None
+
+    pool = splits.pool
+    if 0 < max_pool_samples < len(pool):
+        pool = pool[stratified_subsample(labels[pool], max_pool_samples, seed)]
+    parts = partition_fn(labels[pool], num_partitions, seed, params)
+    partitions = [_read_only(pool[part]) for part in parts]
+
+    logger.info(
+        "federated data for %s: %d test, %d public, %d pool samples in %d %s partitions "
+        "(seed %d)",
+        dataset,
+        len(test),
+        0 if public is None else len(public),
+        len(pool),
+        len(partitions),
+        partitioner,
+        seed,
+    )
+    return FederatedData(
+        train=train,
+        test=test,
+        public=public,
+        pool_indices=_read_only(pool),
+        partitions=partitions,
+    )
+
+
+def _read_only(indices: np.ndarray) -> np.ndarray:
+    array = np.array(indices, dtype=np.int64)
+    array.setflags(write=False)
+    return array
+
+
+__all__ = ["FederatedData", "build_federated_data"]

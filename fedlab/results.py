@@ -1,0 +1,78 @@
+"""Run folders and results files, written atomically so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
+
+
+def save_model(path: Path, model: nn.Module) -> None:
+    """Save the model's state dict with torch.save, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_run_dir(output_dir: str, strategy: str, flower_run_id: int, run_name: str = "") -> Path:
+    """Create ``<output_dir>/<run-id>/`` where run-id = time, strategy and Flower's run id."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = run_name or f"{stamp}-{strategy}-{flower_run_id}"
+    run_dir = Path(output_dir).expanduser().resolve() / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"run folder {run_dir} already holds files; choose another run-name or output-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def summarize_client_seconds(client_metrics: dict[int, dict[str, float | int]]) -> dict[str, float]:
+    """Return the mean over clients of every ``*-seconds`` metric, keyed in snake_case."""
+    keys = sorted({key for metrics in client_metrics.values() for key in metrics if key.endswith("-seconds")})
+    summary = {}
+    for key in keys:
+        values = [float(m[key]) for m in client_metrics.values() if key in m]
+        summary[key.removesuffix("-seconds").replace("-", "_")] = statistics.fmean(values)
+    return summary

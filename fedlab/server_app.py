@@ -1,0 +1,108 @@
+"""The fedlab ServerApp: validate the config, run the chosen strategy, save everything."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+
+import flwr
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedlab.config import RunConfig
+from fedlab.data import partition_summary, save_manifest
+from fedlab.federation import federated_data, partition_params
+from fedlab.launch import RESULTS_MARKER
+from fedlab.payload import model_upload_bytes
+from fedlab.results import make_run_dir, save_model, summarize_client_seconds, write_json
+from fedlab.server_run import ServerRun
+from fedlab.training import limit_torch_threads
+from strategies import STRATEGIES
+
+logger = logging.getLogger("fedlab")
+
+app = ServerApp()
+
+
+def _configure_logging() -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(levelname)s fedlab: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one fedlab experiment and write ``<output-dir>/<run-id>/results.json``."""
+    _configure_logging()
+    started = time.perf_counter()
+    config = RunConfig.from_run_config(context.run_config)
+    limit_torch_threads()
+    logger.info("Run %s: strategy=%s dataset=%s clients=%s partitioner=%s alpha=%s seed=%s",
+                context.run_id, config.strategy, config.dataset, config.num_clients,
+                config.partitioner, config.alpha, config.seed)
+
+    # 1. Data, split and partitions, saved before any client work.
+    run_dir = make_run_dir(config.output_dir, config.strategy, context.run_id, config.run_name)
+    write_json(run_dir / "config.json", {"run_config": config.to_run_config(), "seed": config.seed})
+    data = federated_data(config)
+    summary = partition_summary(data.train.labels.numpy(), data.partitions, data.train.num_classes)
+    save_manifest(
+        run_dir / "partition_manifest.json",
+        data.partitions,
+        seed=config.seed,
+        partitioner=config.partitioner,
+        params=partition_params(config),
+        extra={"dataset": config.dataset, "test_size": len(data.test),
+               "public_size": 0 if data.public is None else len(data.public),
+               "pool_size": int(len(data.pool_indices)), "summary": summary},
+    )
+
+    # 2. The strategy drives the clients and trains the global model.
+    server = ServerRun(grid=grid, config=config, data=data, output_dir=run_dir)
+    node_ids = server.wait_for_nodes()
+    strategy = STRATEGIES.get(config.strategy)(config)
+    outcome = strategy.run(server, node_ids)
+
+    # 3. Save the global model and the results.
+    save_model(run_dir / "model.pt", outcome.model)
+    uploads = [server.upload_bytes[node] for node in node_ids if node in server.upload_bytes]
+    results = {
+        "strategy": config.strategy,
+        "dataset": config.dataset,
+        "model": config.model,
+        "num_clients": config.num_clients,
+        "partitioner": config.partitioner,
+        "alpha": config.alpha,
+        "seed": config.seed,
+        "test_accuracy": outcome.test_accuracy,
+        "upload_bytes_per_client": sum(uploads) / len(uploads) if uploads else 0.0,
+        "upload_bytes_per_client_max": max(uploads, default=0),
+        "model_bytes": model_upload_bytes(server.build_model()),
+        "failed_clients": server.failed_clients(),
+        "wall_seconds": time.perf_counter() - started,
+        "phase_seconds": {
+            **summarize_client_seconds(server.client_metrics),
+            **dict(server.phase_seconds),
+        },
+        **outcome.extra,
+        "clients": [
+            {"node_id": node, "partition_id": server.node_partitions.get(node),
+             "upload_bytes": server.upload_bytes.get(node, 0), **server.client_metrics.get(node, {})}
+            for node in node_ids
+        ],
+        "flower_run_id": context.run_id,
+        "run_dir": str(run_dir),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "flwr": flwr.__version__},
+    }
+    write_json(run_dir / "results.json", results)
+    logger.info("Test accuracy %.4f | upload %.0f bytes per client | model %s bytes | %s failed clients",
+                results["test_accuracy"], results["upload_bytes_per_client"], results["model_bytes"],
+                len(results["failed_clients"]))
+    logger.info("%s %s", RESULTS_MARKER, run_dir / "results.json")
