@@ -362,14 +362,28 @@ def encode(ae: AutoencoderKL, images01: Tensor, batch_size: int = 256) -> Tensor
     images01 = _check_images(ae, images01)
     _check_batch_size(batch_size)
     device, dtype = _device_dtype(ae)
+    if images01.shape[0] == 0:
+        factor = downsample_factor_of(ae)
+        height, width = images01.shape[2] // factor, images01.shape[3] // factor
+        channels = int(ae.config.latent_channels)
+        return torch.empty(0, channels, height, width, device=device, dtype=dtype)
+
     chunks = []
     for batch in images01.split(batch_size):
         scaled = batch.to(device=device, dtype=dtype) * 2 - 1
         chunks.append(ae.encode(scaled).latent_dist.mean)
-    if not chunks:
-        channels, side, _ = latent_shape(ae, images01.shape[-1])
-        return torch.empty(0, channels, side, side, device=device, dtype=dtype)
     return torch.cat(chunks)
+
+
+def _check_latents(ae: AutoencoderKL, latents: object) -> Tensor:
+    if not isinstance(latents, Tensor):
+        raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    channels = int(ae.config.latent_channels)
+    if latents.dim() != 4 or latents.shape[1] != channels:
+        raise ValueError(
+            f"latents must have shape N x {channels} x h x w, got {tuple(latents.shape)}"
+        )
+    return latents
 
 
 def decode(ae: AutoencoderKL, latents: Tensor) -> Tensor:
@@ -392,13 +406,7 @@ def decode(ae: AutoencoderKL, latents: Tensor) -> Tensor:
     Tensor
         Images N x C x (h * factor) x (w * factor).
     """
-    if not isinstance(latents, Tensor):
-        raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-    channels = int(ae.config.latent_channels)
-    if latents.dim() != 4 or latents.shape[1] != channels:
-        raise ValueError(
-            f"latents must have shape N x {channels} x h x w, got {tuple(latents.shape)}"
-        )
+    latents = _check_latents(ae, latents)
     device, dtype = _device_dtype(ae)
     decoded = ae.decode(latents.to(device=device, dtype=dtype)).sample
     return (decoded + 1) / 2
@@ -412,13 +420,17 @@ def decode_images(ae: AutoencoderKL, latents: Tensor, batch_size: int = 256) -> 
     Tensor
         Images N x C x H x W in [0, 1], on the device of ``ae``.
     """
+    latents = _check_latents(ae, latents)
     _check_batch_size(batch_size)
+    if latents.shape[0] == 0:
+        factor = downsample_factor_of(ae)
+        channels = int(ae.config.in_channels)
+        height, width = latents.shape[2] * factor, latents.shape[3] * factor
+        device, dtype = _device_dtype(ae)
+        return torch.empty(0, channels, height, width, device=device, dtype=dtype)
+
     with torch.no_grad():
         chunks = [decode(ae, batch).clamp_(0, 1) for batch in latents.split(batch_size)]
-    if not chunks:
-        # Run decode on the empty tensor for its input checks and output shape.
-        with torch.no_grad():
-            return decode(ae, latents)
     return torch.cat(chunks)
 
 

@@ -11,7 +11,8 @@ import logging
 import time
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from torch import nn
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import DISTILLERS
@@ -46,21 +47,9 @@ _SEED_MODEL, _SEED_TRAIN, _SEED_DISTILL = 1, 2, 3
 class ClientData:
     """The local data and settings of the client running in this process."""
 
-    def __init__(self, context: Context) -> None:
-        self.config = RunConfig.from_run_config(context.run_config)
-        node_config = context.node_config
-        if "partition-id" not in node_config or "num-partitions" not in node_config:
-            raise ValueError(
-                "node config lacks 'partition-id' and 'num-partitions'; start the SuperNode with "
-                "--node-config \"partition-id=<i> num-partitions=<n>\""
-            )
-        self.partition_id = int(node_config["partition-id"])
-        num_partitions = int(node_config["num-partitions"])
-        if num_partitions != self.config.num_clients:
-            raise ValueError(
-                f"node config num-partitions={num_partitions} differs from run-config "
-                f"num-clients={self.config.num_clients}; set num-clients={num_partitions}"
-            )
+    def __init__(self, config: RunConfig, partition_id: int) -> None:
+        self.config = config
+        self.partition_id = partition_id
         limit_torch_threads()
         self.device = select_device()
         data = federated_data(self.config)
@@ -69,6 +58,24 @@ class ClientData:
         self.image_shape = data.train.image_shape
         self.images = local.float_images().to(self.device)
         self.labels = local.labels.to(self.device)
+
+    @classmethod
+    def from_context(cls, context: Context) -> ClientData:
+        """Read the run config and this node's partition from a Flower context."""
+        config = RunConfig.from_run_config(context.run_config)
+        node_config = context.node_config
+        if "partition-id" not in node_config or "num-partitions" not in node_config:
+            raise ValueError(
+                "node config lacks 'partition-id' and 'num-partitions'; start the SuperNode with "
+                "--node-config \"partition-id=<i> num-partitions=<n>\""
+            )
+        num_partitions = int(node_config["num-partitions"])
+        if num_partitions != config.num_clients:
+            raise ValueError(
+                f"node config num-partitions={num_partitions} differs from run-config "
+                f"num-clients={config.num_clients}; set num-clients={num_partitions}"
+            )
+        return cls(config, int(node_config["partition-id"]))
 
     def new_model(self) -> Classifier:
         """Build the configured model with weights drawn from the run seed and partition."""
@@ -109,32 +116,18 @@ class ClientData:
         }
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received model on local data and send back its weights."""
-    client = ClientData(context)
+def local_training_reply(client: ClientData, initial: ArrayRecord) -> RecordDict:
+    """Train the received model on local data; return its weights and metrics."""
     model = client.new_model()
-    load_model_record(model, msg.content.array_records[ARRAYS_KEY])
+    load_model_record(model, initial)
     loss, seconds = client.train_local(model)
     metrics = {**client.base_metrics(), "train-loss": loss, "local-training-seconds": seconds}
-    content = RecordDict({ARRAYS_KEY: model_to_record(model), METRICS_KEY: metrics_record(metrics)})
-    return Message(content=content, reply_to=msg)
+    return RecordDict({ARRAYS_KEY: model_to_record(model), METRICS_KEY: metrics_record(metrics)})
 
 
-@app.train("distill")
-def distill(msg: Message, context: Context) -> Message:
-    """Train a local model, distil the local data into latents and send only those."""
-    client = ClientData(context)
+def distillation_reply(client: ClientData, autoencoder: nn.Module) -> RecordDict:
+    """Train a local model, distil the local data into latents; return only those and metrics."""
     cfg = client.config
-
-    # The public autoencoder arrives with the request; check it arrived intact.
-    ae_config = msg.content.config_records[AUTOENCODER_CONFIG_KEY]
-    autoencoder = autoencoder_from_records(msg.content.array_records[AUTOENCODER_KEY], ae_config)
-    autoencoder = autoencoder.to(client.device)
-    expected = str(ae_config.get("fingerprint", ""))
-    if expected and autoencoder_fingerprint(autoencoder) != expected:
-        raise ValueError("the received autoencoder does not match the server's fingerprint")
-
     model = client.new_model()
     loss, train_seconds = client.train_local(model)
 
@@ -160,5 +153,26 @@ def distill(msg: Message, context: Context) -> Message:
     logger.info(
         "Partition %s: %s distillates from %s images", client.partition_id, len(payload), len(client.labels)
     )
-    content = RecordDict({DISTILLATES_KEY: payload.to_record(), METRICS_KEY: metrics_record(metrics)})
-    return Message(content=content, reply_to=msg)
+    return RecordDict({DISTILLATES_KEY: payload.to_record(), METRICS_KEY: metrics_record(metrics)})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received model on local data and send back its weights."""
+    client = ClientData.from_context(context)
+    return Message(content=local_training_reply(client, msg.content.array_records[ARRAYS_KEY]), reply_to=msg)
+
+
+@app.train("distill")
+def distill(msg: Message, context: Context) -> Message:
+    """Distil local data into latents with the public autoencoder sent by the server."""
+    client = ClientData.from_context(context)
+
+    # The public autoencoder arrives with the request; check it arrived intact.
+    ae_config = msg.content.config_records[AUTOENCODER_CONFIG_KEY]
+    autoencoder = autoencoder_from_records(msg.content.array_records[AUTOENCODER_KEY], ae_config)
+    autoencoder = autoencoder.to(client.device)
+    expected = str(ae_config.get("fingerprint", ""))
+    if expected and autoencoder_fingerprint(autoencoder) != expected:
+        raise ValueError("the received autoencoder does not match the server's fingerprint")
+    return Message(content=distillation_reply(client, autoencoder), reply_to=msg)

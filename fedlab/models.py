@@ -1,8 +1,8 @@
 """Image classifiers with a split between the feature extractor and the linear head.
 
-Every model takes float32 images of shape N x C x H x W with values in [0, 1] and
-exposes ``forward_features`` (penultimate features, N x ``feature_dim``) and
-``forward_head`` (logits, N x ``num_classes``), so that strategies can work on
+Every model takes float32 images of shape N x C x H x W with values in [0, 1].
+It exposes ``forward_features`` (penultimate features, N x ``feature_dim``) and
+``forward_head`` (logits, N x ``num_classes``), so strategies can work on the
 features, on the head, or on both.
 """
 
@@ -29,7 +29,7 @@ RESNET_DEFAULT_WIDTH = 64
 
 
 class Classifier(nn.Module, ABC):
-    """Base class of all classifiers: a feature extractor followed by a linear head.
+    """Base class of all classifiers, a feature extractor followed by a linear head.
 
     Attributes
     ----------
@@ -66,7 +66,7 @@ def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}; pass a positive integer")
+        raise ValueError(f"{name} must be >= 1, got {value}. Pass a positive integer.")
     return value
 
 
@@ -75,14 +75,14 @@ def _check_input(model: Classifier, x: Tensor, require_size: bool) -> None:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != model.in_channels:
         raise ValueError(
-            f"x must have shape N x {model.in_channels} x H x W, got {tuple(x.shape)}; "
-            "pass a batch of images with the channel count the model was built for"
+            f"x must have shape N x {model.in_channels} x H x W, got {tuple(x.shape)}. "
+            "Pass a batch of images with the channel count the model was built for."
         )
     if require_size and tuple(x.shape[2:]) != (model.image_size, model.image_size):
         raise ValueError(
             f"x must have spatial size {model.image_size}x{model.image_size} for this model, "
-            f"got {x.shape[2]}x{x.shape[3]}; resize the images or rebuild the model with "
-            "image_size set to the input size"
+            f"got {x.shape[2]}x{x.shape[3]}. Resize the images or rebuild the model with "
+            "image_size set to the input size."
         )
 
 
@@ -97,7 +97,7 @@ def max_convnet_depth(image_size: int) -> int:
 
 
 class ConvNet(Classifier):
-    """ConvNet of dataset-distillation work: ``depth`` conv blocks and a linear head.
+    """Small ConvNet common in dataset-distillation work, with ``depth`` conv blocks and a linear head.
 
     Each block is conv3x3 (``width`` channels, padding 1) -> BatchNorm2d -> ReLU ->
     AvgPool2d(2), so the spatial size is floor-halved per block (28 -> 14 -> 7 -> 3).
@@ -120,9 +120,9 @@ class ConvNet(Classifier):
         max_depth = max_convnet_depth(image_size)
         if depth > max_depth:
             raise ValueError(
-                f"depth={depth} is too large for image_size={image_size}: each ConvNet block "
-                f"halves the spatial size, so the max depth for this image size is {max_depth}; "
-                f"pass depth <= {max_depth}"
+                f"depth={depth} is too large for image_size={image_size}. Each ConvNet block "
+                f"halves the spatial size, so the max depth for this image size is {max_depth}. "
+                f"Pass depth <= {max_depth}."
             )
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -236,7 +236,7 @@ class ResNet18(Classifier):
 def build_convnet(
     in_channels: int, num_classes: int, image_size: int, width: int | None, depth: int
 ) -> ConvNet:
-    """Build a :class:`ConvNet`; ``width=None`` selects 128 channels."""
+    """Build a :class:`ConvNet`. ``width=None`` selects 128 channels."""
     width = CONVNET_DEFAULT_WIDTH if width is None else _check_positive_int("width", width)
     return ConvNet(in_channels, num_classes, image_size, width, depth)
 
@@ -245,7 +245,7 @@ def build_convnet(
 def build_resnet18(
     in_channels: int, num_classes: int, image_size: int, width: int | None, depth: int
 ) -> ResNet18:
-    """Build a :class:`ResNet18`; ``width=None`` selects 64, and ``depth`` is ignored."""
+    """Build a :class:`ResNet18`. ``width=None`` selects 64, and ``depth`` is ignored."""
     width = RESNET_DEFAULT_WIDTH if width is None else _check_positive_int("width", width)
     return ResNet18(in_channels, num_classes, image_size, width)
 

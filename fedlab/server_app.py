@@ -92,8 +92,12 @@ def main(grid: Grid, context: Context) -> None:
         },
         **outcome.extra,
         "clients": [
-            {"node_id": node, "partition_id": server.node_partitions.get(node),
-             "upload_bytes": server.upload_bytes.get(node, 0), **server.client_metrics.get(node, {})}
+            {
+                "node_id": node,
+                "partition_id": server.node_partitions.get(node),
+                "upload_bytes": server.upload_bytes.get(node, 0),
+                **{key.replace("-", "_"): value for key, value in server.client_metrics.get(node, {}).items()},
+            }
             for node in node_ids
         ],
         "flower_run_id": context.run_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, RecordDict
+from torch import nn
 
 from fedlab.autoencoder import decode_images
 from fedlab.payload import (
@@ -26,6 +27,7 @@ from fedlab.payload import (
     PayloadError,
     autoencoder_to_records,
 )
+from fedlab.config import RunConfig
 from fedlab.public_autoencoder import prepare_autoencoder
 from fedlab.server_run import NotEnoughRepliesError, ServerRun
 from fedlab.training import distill_classifier, seeded_generator
@@ -80,33 +82,10 @@ class FedSD2CStrategy(FedLabStrategy):
                 f"min-replies={cfg.min_replies}"
             )
 
-        # 4. Decode all latents with the same public decoder and pool them.
-        with server.phase("decode"):
-            latents = torch.from_numpy(np.concatenate([p.latents for p in payloads]).astype(np.float32))
-            soft_labels = torch.from_numpy(np.concatenate([p.soft_labels for p in payloads]).astype(np.float32))
-            soft_labels = soft_labels / soft_labels.sum(dim=1, keepdim=True)  # undo float16 rounding
-            class_ids = np.concatenate([p.class_ids for p in payloads])
-            images = decode_images(autoencoder, latents).to(server.device)
-        logger.info(
-            "Pooled %s distillates from %s clients (%s classes)",
-            len(images),
-            len(payloads),
-            len(np.unique(class_ids)),
-        )
-
-        # 5. Train the global model by knowledge distillation on the soft labels.
+        # 4-5. Decode and pool the latents, then distil the soft labels into the global model.
         model = server.build_model()
         with server.phase("server_training"):
-            loss = distill_classifier(
-                model,
-                images,
-                soft_labels.to(server.device),
-                epochs=cfg.server_epochs,
-                lr=cfg.server_lr,
-                batch_size=cfg.server_batch_size,
-                temperature=cfg.distill_temperature,
-                generator=seeded_generator(cfg.seed, 7_919),
-            )
+            loss, class_ids = train_on_distillates(cfg, model, autoencoder, payloads, server.device)
 
         # 6. Evaluate on the held-out server test set.
         accuracy = server.evaluate(model)
@@ -117,8 +96,49 @@ class FedSD2CStrategy(FedLabStrategy):
             test_accuracy=accuracy,
             extra={
                 "autoencoder": ae_info.to_json(),
-                "num_distillates": int(len(images)),
+                "num_distillates": int(len(class_ids)),
                 "distillates_per_class": counts.tolist(),
                 "server_final_loss": loss,
             },
         )
+
+
+def train_on_distillates(
+    config: RunConfig,
+    model: nn.Module,
+    autoencoder: nn.Module,
+    payloads: list[DistillatePayload],
+    device: torch.device,
+) -> tuple[float, np.ndarray]:
+    """Decode all clients' latents with the public decoder and distil their soft labels.
+
+    Returns
+    -------
+    tuple of (float, numpy.ndarray)
+        The final distillation loss and the class id of every pooled distillate.
+    """
+    # Decode all latents with the same public decoder and pool them.
+    latents = torch.from_numpy(np.concatenate([p.latents for p in payloads]).astype(np.float32))
+    soft_labels = torch.from_numpy(np.concatenate([p.soft_labels for p in payloads]).astype(np.float32))
+    soft_labels = soft_labels / soft_labels.sum(dim=1, keepdim=True)  # undo float16 rounding
+    class_ids = np.concatenate([p.class_ids for p in payloads])
+    images = decode_images(autoencoder, latents.to(next(autoencoder.parameters()).device)).to(device)
+    logger.info(
+        "Pooled %s distillates from %s clients (%s classes)",
+        len(images),
+        len(payloads),
+        len(np.unique(class_ids)),
+    )
+
+    # Train the global model by knowledge distillation on the soft labels.
+    loss = distill_classifier(
+        model,
+        images,
+        soft_labels.to(device),
+        epochs=config.server_epochs,
+        lr=config.server_lr,
+        batch_size=config.server_batch_size,
+        temperature=config.distill_temperature,
+        generator=seeded_generator(config.seed, 7_919),
+    )
+    return loss, class_ids

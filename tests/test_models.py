@@ -14,7 +14,7 @@ from fedlab.models import (
     parameter_count,
 )
 
-# Small widths keep the forward passes fast on CPU; the structure is the same.
+# Small widths keep the forward passes fast on CPU, with the same layer structure.
 SHAPE_CASES = [
     ("convnet", 1, 28, 16, 16 * 3 * 3),
     ("convnet", 3, 32, 16, 16 * 4 * 4),

@@ -1,0 +1,52 @@
+"""Helpers of the offline `flwr run` launcher that need no SuperLink."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedlab.launch import (
+    RESULTS_MARKER,
+    descendant_pids,
+    format_overrides,
+    free_port,
+    parse_results_path,
+)
+
+
+def test_format_overrides_quotes_strings_only() -> None:
+    text = format_overrides({"strategy": "fedavg", "alpha": 0.5, "ipc": 10, "flag": True})
+    assert text == 'strategy="fedavg" alpha=0.5 ipc=10 flag=true'
+
+
+def test_parse_results_path_takes_the_last_marker() -> None:
+    log = f"x\n{RESULTS_MARKER} /a/results.json\nINFO other\n{RESULTS_MARKER} /b/results.json\n"
+    assert parse_results_path(log) == Path("/b/results.json")
+    assert parse_results_path("nothing here") is None
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_descendant_pids_finds_grandchildren() -> None:
+    script = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 10
+        found: list[int] = []
+        while time.monotonic() < deadline and not found:
+            found = descendant_pids(parent.pid)
+            time.sleep(0.1)
+        assert len(found) == 1
+    finally:
+        for pid in descendant_pids(parent.pid):
+            subprocess.run(["kill", str(pid)], check=False)
+        parent.kill()
+        parent.wait()
