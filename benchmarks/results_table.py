@@ -1,0 +1,119 @@
+"""Regenerate the README's results table: every row is one `fedlab run` through `flwr run`.
+
+    .venv/bin/python benchmarks/results_table.py            # all rows
+    .venv/bin/python benchmarks/results_table.py --only fedsd2c
+
+Rows already present in ``benchmarks/results/readme_runs.jsonl`` (same name and command)
+are skipped, so an interrupted sweep resumes. The table goes to
+``benchmarks/results/readme_table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+RESULTS_DIR = PROJECT_DIR / "benchmarks" / "results"
+RUNS_FILE = RESULTS_DIR / "readme_runs.jsonl"
+TABLE_FILE = RESULTS_DIR / "readme_table.md"
+CLIENTS = 10
+
+# (row name, run-config overrides). Everything else is the app's default config.
+ROWS = [
+    (f"{name} alpha={alpha}", f"strategy='{strategy}' alpha={alpha}{extra}")
+    for alpha in (0.1, 0.5)
+    for name, strategy, extra in (
+        ("FedSD2C", "fedsd2c", ""),
+        ("FedAvg one-shot", "fedavg", " num-server-rounds=1"),
+        ("Ensemble", "ensemble", ""),
+        ("FedAvg 10 rounds", "fedavg", " num-server-rounds=10 local-epochs=2"),
+    )
+]
+
+
+def command_for(overrides: str) -> list[str]:
+    return [
+        str(Path(sys.executable).parent / "fedlab"),
+        "run",
+        "--quiet",
+        "--clients",
+        str(CLIENTS),
+        "--run-config",
+        f"{overrides} output-dir='{PROJECT_DIR / 'outputs' / 'readme-table'}'",
+    ]
+
+
+def load_done() -> dict[str, dict]:
+    if not RUNS_FILE.exists():
+        return {}
+    done = {}
+    for line in RUNS_FILE.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            done[row["name"]] = row
+    return done
+
+
+def run_row(name: str, overrides: str) -> dict:
+    command = command_for(overrides)
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_DIR, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"row {name!r} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+    results_path = Path(result.stdout.strip().splitlines()[-1])
+    results = json.loads(results_path.read_text())
+    return {
+        "name": name,
+        "command": f"fedlab run --clients {CLIENTS} --run-config \"{overrides}\"",
+        "test_accuracy": results["test_accuracy"],
+        "upload_bytes_per_client": results["upload_bytes_per_client"],
+        "model_bytes": results["model_bytes"],
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "results": str(results_path.relative_to(PROJECT_DIR)) if results_path.is_relative_to(PROJECT_DIR) else str(results_path),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU cores",
+    }
+
+
+def write_table(done: dict[str, dict]) -> None:
+    lines = [
+        "| run | test accuracy | upload per client (bytes) | model upload (bytes) | wall time (s) | command |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, _ in ROWS:
+        if name in done:
+            row = done[name]
+            lines.append(
+                f"| {name} | {row['test_accuracy']:.4f} | {row['upload_bytes_per_client']:.0f} | "
+                f"{row['model_bytes']} | {row['wall_seconds']:.0f} | `{row['command']}` |"
+            )
+    TABLE_FILE.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run only rows whose name contains this text")
+    args = parser.parse_args()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    done = load_done()
+    todo = [(n, o) for n, o in ROWS if args.only.lower() in n.lower() and n not in done]
+    for index, (name, overrides) in enumerate(todo, start=1):
+        print(f"[{index}/{len(todo)}] {name}: {overrides}", flush=True)
+        row = run_row(name, overrides)
+        with RUNS_FILE.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        done[name] = row
+        print(f"    accuracy {row['test_accuracy']:.4f} in {row['wall_seconds']:.0f} s", flush=True)
+    write_table(done)
+    print(TABLE_FILE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
