@@ -55,7 +55,7 @@ class RunConfig:
     model_depth: int = 3
 
     # Local training (every strategy)
-    local_epochs: int = 20
+    local_epochs: int = 10
     local_lr: float = 0.01
     local_batch_size: int = 32
     local_weight_decay: float = 5e-4
@@ -70,18 +70,18 @@ class RunConfig:
 
     # FedSD2C distillation
     distiller: str = "fedsd2c"
-    ipc: int = 50
+    ipc: int = 30
     mipc: int = 100
     num_crops: int = 5
     crop_scale_min: float = 0.5
     amplitude_mix: float = 0.8
-    synthesis_iterations: int = 50
-    synthesis_lr: float = 0.05
+    synthesis_iterations: int = 30
+    synthesis_lr: float = 0.3
     soft_label_temperature: float = 1.0
     latent_dtype: LatentDtype = "float16"
 
     # Server training on distillates
-    server_epochs: int = 100
+    server_epochs: int = 30
     server_lr: float = 0.01
     server_batch_size: int = 64
     distill_temperature: float = 1.0

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from clients.base import DISTILLERS, Distillates
 from clients.fedsd2c import (
+    CLAMP_MODES,
     FedSD2CDistiller,
     FedSD2CParams,
     feature_matching_losses,
@@ -24,6 +25,7 @@ from clients.fedsd2c import (
     synthesize_latents,
 )
 from fedlab.autoencoder import build_autoencoder, encode
+from fedlab.config import RunConfig
 from fedlab.models import Classifier, build_model
 
 BRIGHTNESS_SCALE = 4.0
@@ -129,23 +131,23 @@ def test_keep_lowest_loss_hand_table():
     losses = torch.tensor([[0.5, 0.2, 0.9], [0.1, 0.7, 0.3], [0.8, 0.6, 0.4]])
     crops = torch.arange(9, dtype=torch.float32).view(3, 3, 1, 1, 1)
 
-    kept, kept_losses, positions = keep_lowest_loss(crops, losses, ipc=2)
+    kept_crops, kept_losses, positions = keep_lowest_loss(crops, losses, ipc=2)
 
     # Best crops: image 0 -> crop 1 (0.2), image 1 -> crop 0 (0.1), image 2 -> crop 2 (0.4).
     assert positions.tolist() == [1, 0]
     assert kept_losses.tolist() == pytest.approx([0.1, 0.2])
-    assert kept.flatten().tolist() == [3.0, 1.0]
+    assert kept_crops.flatten().tolist() == [3.0, 1.0]
 
 
 def test_keep_lowest_loss_fewer_images_than_ipc():
     losses = torch.tensor([[0.3, 0.1], [0.05, 0.9]])
     crops = torch.arange(4, dtype=torch.float32).view(2, 2, 1, 1, 1)
 
-    kept, kept_losses, positions = keep_lowest_loss(crops, losses, ipc=10)
+    kept_crops, kept_losses, positions = keep_lowest_loss(crops, losses, ipc=10)
 
     assert positions.tolist() == [1, 0]
     assert kept_losses.tolist() == pytest.approx([0.05, 0.1])
-    assert kept.flatten().tolist() == [2.0, 1.0]
+    assert kept_crops.flatten().tolist() == [2.0, 1.0]
 
 
 def test_select_coreset_ranks_constant_images():
@@ -349,13 +351,16 @@ def test_fourier_mix_rejects_lam_out_of_range():
 # Synthesis and soft labels
 
 
-def test_synthesis_lowers_feature_matching_loss(autoencoder):
+@pytest.mark.parametrize("clamp_mode", CLAMP_MODES)
+def test_synthesis_lowers_feature_matching_loss(autoencoder, clamp_mode):
     images = torch.rand(4, 1, 28, 28, generator=seeded(0))
     init_images = fourier_mix(images, images.roll(1, dims=0), 0.8)
     model = build_seeded_convnet(width=32)
     model.eval()
 
-    latents = synthesize_latents(model, autoencoder, images, init_images, iterations=10, lr=0.05)
+    latents = synthesize_latents(
+        model, autoencoder, images, init_images, iterations=10, lr=0.3, clamp_mode=clamp_mode
+    )
 
     with torch.no_grad():
         targets = model.forward_features(images)
@@ -368,13 +373,24 @@ def test_synthesis_lowers_feature_matching_loss(autoencoder):
     assert (after < before).all()
 
 
+def test_synthesis_independent_of_batch_size(autoencoder):
+    images = torch.rand(4, 1, 28, 28, generator=seeded(0))
+    init_images = fourier_mix(images, images.flip(0), 0.8)
+    model = build_seeded_convnet(width=16)
+
+    together = synthesize_latents(model, autoencoder, images, init_images, 3, 0.3, batch_size=4)
+    split = synthesize_latents(model, autoencoder, images, init_images, 3, 0.3, batch_size=3)
+
+    torch.testing.assert_close(together, split, atol=1e-4, rtol=1e-4)
+
+
 def test_synthesis_leaves_models_unchanged(autoencoder):
     images = torch.rand(2, 1, 28, 28, generator=seeded(0))
     model = build_seeded_convnet(width=16)
     model.train()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
 
-    synthesize_latents(model, autoencoder, images, images, iterations=2, lr=0.05)
+    synthesize_latents(model, autoencoder, images, images, iterations=2, lr=0.3)
 
     assert model.training
     for name, value in model.state_dict().items():
@@ -386,7 +402,7 @@ def test_synthesis_with_zero_iterations_returns_encoding(autoencoder):
     images = torch.rand(2, 1, 28, 28, generator=seeded(0))
     model = build_seeded_convnet(width=16)
 
-    latents = synthesize_latents(model, autoencoder, images, images, iterations=0, lr=0.05)
+    latents = synthesize_latents(model, autoencoder, images, images, iterations=0, lr=0.3)
 
     with torch.no_grad():
         torch.testing.assert_close(latents, encode(autoencoder, images))
@@ -441,6 +457,42 @@ def test_params_reject_invalid_value(field, value):
 
 def test_distiller_registered():
     assert DISTILLERS.get("fedsd2c") is FedSD2CDistiller
+
+
+def test_distiller_from_run_config():
+    config = RunConfig(
+        ipc=7, mipc=30, num_crops=2, crop_scale_min=0.6, amplitude_mix=0.4,
+        synthesis_iterations=12, synthesis_lr=0.2, soft_label_temperature=3.0,
+    )
+
+    params = FedSD2CDistiller.from_run_config(config).params
+
+    assert params.ipc == 7
+    assert params.mipc == 30
+    assert params.num_crops == 2
+    assert params.crop_scale_min == 0.6
+    assert params.amplitude_mix == 0.4
+    assert params.iterations == 12
+    assert params.lr == 0.2
+    assert params.temperature == 3.0
+
+
+def test_distillates_reject_length_mismatch():
+    with pytest.raises(ValueError, match="same length M"):
+        Distillates(
+            latents=torch.zeros(3, 4, 7, 7),
+            soft_labels=torch.zeros(2, 10),
+            class_ids=torch.zeros(3, dtype=torch.int64),
+        )
+
+
+def test_distillates_reject_wrong_dtype():
+    with pytest.raises(ValueError, match="class_ids must be a 1-D int64 tensor"):
+        Distillates(
+            latents=torch.zeros(2, 4, 7, 7),
+            soft_labels=torch.zeros(2, 10),
+            class_ids=torch.zeros(2, dtype=torch.int32),
+        )
 
 
 # End to end on MNIST
@@ -498,5 +550,14 @@ def test_distiller_rejects_model_class_count_mismatch(trained_convnet, autoencod
     with pytest.raises(ValueError, match="model.num_classes"):
         FedSD2CDistiller().distill(
             trained_convnet, images, torch.tensor([0, 1]), autoencoder, num_classes=4,
+            generator=seeded(0),
+        )
+
+
+def test_distiller_rejects_float64_images(trained_convnet, autoencoder):
+    images = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    with pytest.raises(ValueError, match="images must be a float32"):
+        FedSD2CDistiller().distill(
+            trained_convnet, images, torch.tensor([0, 1]), autoencoder, num_classes=3,
             generator=seeded(0),
         )
