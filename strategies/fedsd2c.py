@@ -44,6 +44,8 @@ class FedSD2CStrategy(FedLabStrategy):
         cfg = self.config
 
         # 1. The public autoencoder, shared with every client in the request.
+        # NOTE: every request carries the full autoencoder weights, so download volume grows
+        # with the client count; clients do not cache it by fingerprint yet.
         cache_root = Path(cfg.ae_cache_dir) if cfg.ae_cache_dir else server.output_dir.parent / "cache"
         with server.phase("autoencoder"):
             autoencoder, ae_info = prepare_autoencoder(cfg, server.data, cache_root)
