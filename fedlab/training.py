@@ -20,12 +20,15 @@ def select_device() -> torch.device:
 
 
 def limit_torch_threads() -> int:
-    """Use as many intra-op threads as CPUs this process may run on (Ray sets OMP_NUM_THREADS).
+    """Use as many intra-op threads as CPUs this process may run on.
+
+    ``FEDLAB_TORCH_THREADS`` overrides the count; otherwise Ray's ``OMP_NUM_THREADS`` for an
+    actor, or the CPUs in this process's affinity mask.
 
     Without this, every simulated client starts one thread per core of the machine and
     concurrent clients slow each other down.
     """
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    threads = int(os.environ.get("FEDLAB_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS") or 0)
     if threads <= 0:
         threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(max(1, threads))

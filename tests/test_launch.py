@@ -50,3 +50,38 @@ def test_descendant_pids_finds_grandchildren() -> None:
             subprocess.run(["kill", str(pid)], check=False)
         parent.kill()
         parent.wait()
+
+
+def test_sigterm_stops_superlink_and_children(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from fedlab.launch import _alive
+
+    # A helper process owns a real SuperLink; SIGTERM must make it stop the SuperLink too.
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from fedlab.launch import local_superlink\n"
+        "with local_superlink(Path(sys.argv[1])) as link:\n"
+        "    print(link.process.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "flwr-home")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        superlink_pid = int(owner.stdout.readline())
+        children = descendant_pids(superlink_pid)
+        os.kill(owner.pid, signal.SIGTERM)
+        owner.wait(timeout=60)
+        assert not _alive(superlink_pid)
+        for pid in children:
+            assert not _alive(pid), pid
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
