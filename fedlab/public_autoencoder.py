@@ -71,6 +71,17 @@ def pretrain_key(config: RunConfig, data: FederatedData) -> dict[str, Any]:
     }
 
 
+def _new_autoencoder(config: RunConfig, channels: int, image_size: int) -> AutoencoderKL:
+    return build_autoencoder(
+        channels,
+        image_size,
+        downsample_factor=config.ae_downsample,
+        latent_channels=config.ae_latent_channels,
+        base_channels=config.ae_base_channels,
+        seed=config.seed,
+    )
+
+
 def prepare_autoencoder(
     config: RunConfig, data: FederatedData, cache_root: Path
 ) -> tuple[AutoencoderKL, AutoencoderInfo]:
@@ -102,14 +113,7 @@ def prepare_autoencoder(
             source = "pretrain-cached"
             logger.info("Loaded the pretrained public autoencoder from %s", cache)
         else:
-            autoencoder = build_autoencoder(
-                channels,
-                height,
-                downsample_factor=config.ae_downsample,
-                latent_channels=config.ae_latent_channels,
-                base_channels=config.ae_base_channels,
-                seed=config.seed,
-            )
+            autoencoder = _new_autoencoder(config, channels, height)
             logger.info(
                 "Pretraining the public autoencoder on %s public images for %s epochs",
                 len(data.public),
@@ -127,14 +131,7 @@ def prepare_autoencoder(
             "autoencoder='random': latents of an untrained autoencoder reconstruct poorly, "
             "and synthesis needs many more iterations"
         )
-        autoencoder = build_autoencoder(
-            channels,
-            height,
-            downsample_factor=config.ae_downsample,
-            latent_channels=config.ae_latent_channels,
-            base_channels=config.ae_base_channels,
-            seed=config.seed,
-        )
+        autoencoder = _new_autoencoder(config, channels, height)
     else:
         path = str(Path(source).expanduser().resolve())
         autoencoder = load_autoencoder(path)

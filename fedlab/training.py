@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,40 @@ def _sgd_with_cosine(
     return optimizer, scheduler
 
 
+def _fit(
+    model: nn.Module,
+    images: Tensor,
+    loss_of: Callable[[Tensor, Tensor], Tensor],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    generator: torch.Generator,
+    max_shift: int,
+) -> float:
+    """Run the shared SGD loop; `loss_of(logits, batch_index)` gives each batch's loss."""
+    steps = epochs * math.ceil(len(images) / batch_size)
+    optimizer, scheduler = _sgd_with_cosine(model, lr, weight_decay, steps)
+    model.train()
+    last_loss = float("nan")
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for index in _batches(len(images), batch_size, generator):
+            if len(index) < 2 and len(images) >= 2:
+                continue  # a batch of one breaks BatchNorm statistics
+            x = random_shift(images[index], max_shift, generator)
+            loss = loss_of(model(x), index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(index)
+            count += len(index)
+        last_loss = total / max(count, 1)
+    model.eval()
+    return last_loss
+
+
 def train_classifier(
     model: nn.Module,
     images: Tensor,
@@ -101,26 +135,12 @@ def train_classifier(
     """
     if len(images) == 0:
         raise ValueError("train_classifier received no images; the client partition is empty")
-    steps = epochs * math.ceil(len(images) / batch_size)
-    optimizer, scheduler = _sgd_with_cosine(model, lr, weight_decay, steps)
-    model.train()
-    last_loss = float("nan")
-    for _ in range(epochs):
-        total, count = 0.0, 0
-        for index in _batches(len(images), batch_size, generator):
-            if len(index) < 2 and len(images) >= 2:
-                continue  # a batch of one breaks BatchNorm statistics
-            x = random_shift(images[index], max_shift, generator)
-            loss = F.cross_entropy(model(x), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(index)
-            count += len(index)
-        last_loss = total / max(count, 1)
-    model.eval()
-    return last_loss
+    return _fit(
+        model,
+        images,
+        lambda logits, index: F.cross_entropy(logits, labels[index]),
+        epochs, lr, batch_size, weight_decay, generator, max_shift,
+    )
 
 
 def distill_classifier(
@@ -147,28 +167,12 @@ def distill_classifier(
     """
     if len(images) == 0:
         raise ValueError("distill_classifier received no images; no client sent distillates")
-    steps = epochs * math.ceil(len(images) / batch_size)
-    optimizer, scheduler = _sgd_with_cosine(model, lr, weight_decay, steps)
-    model.train()
-    last_loss = float("nan")
-    for _ in range(epochs):
-        total, count = 0.0, 0
-        for index in _batches(len(images), batch_size, generator):
-            if len(index) < 2 and len(images) >= 2:
-                continue
-            x = random_shift(images[index], max_shift, generator)
-            log_probs = F.log_softmax(model(x) / temperature, dim=1)
-            loss = F.kl_div(log_probs, soft_targets[index], reduction="batchmean")
-            loss = loss * temperature**2
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(index)
-            count += len(index)
-        last_loss = total / max(count, 1)
-    model.eval()
-    return last_loss
+
+    def kl_loss(logits: Tensor, index: Tensor) -> Tensor:
+        log_probs = F.log_softmax(logits / temperature, dim=1)
+        return F.kl_div(log_probs, soft_targets[index], reduction="batchmean") * temperature**2
+
+    return _fit(model, images, kl_loss, epochs, lr, batch_size, weight_decay, generator, max_shift)
 
 
 @torch.no_grad()
