@@ -33,9 +33,7 @@ def resolve_run_config(
     Relative ``output-dir`` and ``ae-cache-dir`` are made absolute against the current
     folder, because the ServerApp runs in another working directory.
     """
-    from flwr.common.config import parse_config_args
-
-    parsed = parse_config_args([item for item in overrides if item.strip()])
+    parsed = _parse_pairs(overrides, "--run-config")
     if clients is not None:
         parsed["num-clients"] = clients
     merged = {**app_defaults(app_dir), **parsed}
@@ -47,9 +45,21 @@ def resolve_run_config(
     return RunConfig.from_run_config(merged), parsed
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:
+    """Parse ``key=value`` words with Flower's parser, turning its errors into ConfigError."""
+    import click
     from flwr.common.config import parse_config_args
 
+    try:
+        return parse_config_args([item for item in items if item.strip()])
+    except click.ClickException as err:
+        raise ConfigError(
+            f"invalid {option} {' '.join(items)!r}: write key=value pairs separated by spaces, "
+            "with string values in quotes, e.g. strategy='fedavg' alpha=0.5"
+        ) from err
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from fedlab.launch import simulate
 
     app_dir = Path(args.app_dir).resolve()
@@ -58,7 +68,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    federation = parse_config_args([item for item in args.federation_config if item.strip()])
+    try:
+        federation = _parse_pairs(args.federation_config, "--federation-config")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     federation.setdefault("client-resources-num-cpus", 1)
     outcome = simulate(
         app_dir,

@@ -70,3 +70,10 @@ def test_pretrain_without_public_split_exits_2(tmp_path: Path) -> None:
         ]
     )
     assert code == 2
+
+
+def test_unquoted_string_gets_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--run-config", "strategy=fedavg"]) == 2
+    message = capsys.readouterr().err
+    assert "strategy=fedavg" in message
+    assert "quotes" in message
