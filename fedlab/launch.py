@@ -3,9 +3,9 @@
 `flwr run .` with the default ``:local:`` connection starts a detached SuperLink on fixed
 ports that outlives the run and is shared by every user of the machine. This module instead
 starts its own SuperLink in simulation mode on a free loopback port, with its own
-``FLWR_HOME``, submits the run with ``flwr run --stream``, reads the run's final status from
-``flwr ls --format json`` (``flwr run --stream`` exits 0 even when the run fails) and stops
-the SuperLink's whole process group afterwards.
+``FLWR_HOME``, and submits the run with ``flwr run --stream``. Because ``flwr run --stream``
+exits 0 even when the run fails, the final status is read from ``flwr ls --format json``.
+Afterwards the SuperLink and every process it started are stopped by process id.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ OFFLINE_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     # Idle OpenMP threads sleep instead of spinning. With spinning, a process with 2 torch
-    # threads ran an autoencoder epoch 30 times slower while other processes held the cores
-    # (92 s against 3 s with 1 thread, on 2 cores); sleeping threads cut that to 8 s.
+    # threads ran an autoencoder epoch 30 times slower while other processes used the cores.
+    # On 2 cores that was 92 s against 3 s with 1 thread, and sleeping threads cut it to 8 s.
     "OMP_WAIT_POLICY": "PASSIVE",
 }
 
@@ -57,7 +57,7 @@ class RunFailedError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What one scripted `flwr run` produced."""
+    """Outcome of one scripted `flwr run`: run id, final status, results path and log."""
 
     run_id: int
     status: str
@@ -236,7 +236,7 @@ def start_superlink(flwr_home: Path, startup_timeout: float = 60.0) -> LocalSupe
             return link
         time.sleep(0.2)
     link.stop()
-    raise TimeoutError(f"flower-superlink did not answer within {startup_timeout:.0f} s; see {log_path}")
+    raise TimeoutError(f"flower-superlink timed out: no health response within {startup_timeout:.0f} s; see {log_path}")
 
 
 def _is_healthy(port: int) -> bool:

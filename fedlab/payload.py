@@ -84,8 +84,9 @@ class DistillatePayload:
         Raises
         ------
         PayloadError
-            When an array is missing, has the wrong shape or dtype, holds non-finite
-            values, a class id out of range, or soft labels that are not distributions.
+            When an array is missing or has the wrong shape or dtype, when values are
+            non-finite, when a class id is out of range, or when soft labels are not
+            probability distributions.
         """
         missing = [name for name in (LATENTS, SOFT_LABELS, CLASS_IDS) if name not in record]
         if missing:

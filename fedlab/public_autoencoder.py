@@ -1,7 +1,7 @@
 """Prepare the public autoencoder of a run: load it, pretrain it on the public split, or draw it.
 
-The autoencoder must be public in the federated sense: it never sees any client's data or
-the server test split. Pretraining therefore uses only ``FederatedData.public``; the test
+The autoencoder must be public in the federated sense, so it is never trained on any
+client's data or on the server test split. Pretraining therefore uses only ``FederatedData.public``; the test
 split is used afterwards to report its reconstruction PSNR.
 """
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AutoencoderInfo:
-    """How the run's autoencoder was obtained and how well it reconstructs the test set."""
+    """Provenance of the run's autoencoder and its reconstruction PSNR on the test set."""
 
     source: str  # "pretrain", "pretrain-cached", "random" or a path
     path: str
@@ -87,9 +87,9 @@ def prepare_autoencoder(
 ) -> tuple[AutoencoderKL, AutoencoderInfo]:
     """Return the run's frozen autoencoder and a description of it.
 
-    ``autoencoder="pretrain"`` trains on the public split (cached under `cache_root`, keyed
-    by everything that determines the result); ``"random"`` draws one from the run seed;
-    anything else is the path of a saved ``AutoencoderKL`` folder.
+    ``autoencoder="pretrain"`` trains on the public split and caches the result under
+    `cache_root`, keyed by everything that determines it. ``"random"`` draws one from the
+    run seed. Any other value is the path of a saved ``AutoencoderKL`` folder.
 
     Raises
     ------

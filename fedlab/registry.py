@@ -14,7 +14,7 @@ class Registry(Generic[T]):
     Parameters
     ----------
     kind : str
-        What the registry holds ("strategy", "dataset", ...); used in error messages.
+        Kind of object registered ("strategy", "dataset", ...), used in error messages.
     """
 
     def __init__(self, kind: str) -> None:

@@ -62,7 +62,7 @@ def make_run_dir(output_dir: str, strategy: str, flower_run_id: int, run_name: s
     run_dir = Path(output_dir).expanduser().resolve() / name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(
-            f"run folder {run_dir} already holds files; choose another run-name or output-dir"
+            f"run folder {run_dir} already contains files; choose another run-name or output-dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 class NotEnoughRepliesError(RuntimeError):
-    """Fewer clients answered than the run needs (``min-replies``)."""
+    """Fewer clients replied successfully than the run needs (``min-replies``)."""
 
 
 @dataclass(frozen=True)

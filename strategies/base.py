@@ -15,7 +15,7 @@ from fedlab.server_run import ServerRun
 
 @dataclass
 class StrategyResult:
-    """What a strategy hands back to the ServerApp for saving."""
+    """Result of a strategy run: the global model, its test accuracy and extra figures."""
 
     model: nn.Module
     test_accuracy: float
