@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 LatentDtype = Literal["float16", "float32"]
+LatentNoise = Literal["none", "gaussian", "laplace"]
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,16 @@ class RunConfig:
     server_lr: float = 0.01
     server_batch_size: int = 64
     distill_temperature: float = 1.0
+
+    # Upload checks, injected faults and privacy
+    max_payload_bytes: int = 67_108_864
+    fail_fraction: float = 0.0
+    late_fraction: float = 0.0
+    late_seconds: float = 30.0
+    fault_plan: str = ""
+    latent_noise: LatentNoise = "none"
+    latent_noise_scale: float = 0.0
+    privacy_report: bool = True
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -176,6 +187,30 @@ class RunConfig:
         _check(self, "server_lr", self.server_lr > 0, "positive")
         _check(self, "server_batch_size", self.server_batch_size >= 1, "at least 1")
         _check(self, "distill_temperature", self.distill_temperature > 0, "positive")
+        _check(self, "max_payload_bytes", self.max_payload_bytes >= 1, "at least 1 (bytes)")
+        _check(self, "fail_fraction", 0 <= self.fail_fraction <= 1, "in [0, 1]")
+        _check(self, "late_fraction", 0 <= self.late_fraction <= 1, "in [0, 1]")
+        _check(
+            self,
+            "late_fraction",
+            self.fail_fraction + self.late_fraction <= 1,
+            f"such that fail-fraction + late-fraction <= 1 (fail-fraction is {self.fail_fraction})",
+        )
+        _check(self, "late_seconds", self.late_seconds >= 0, "0 or more (seconds)")
+        _check(self, "latent_noise", self.latent_noise in get_args(LatentNoise),
+               f"one of {', '.join(get_args(LatentNoise))}")
+        _check(self, "latent_noise_scale", self.latent_noise_scale >= 0 and math.isfinite(self.latent_noise_scale),
+               "a finite number >= 0")
+        from fedlab.faults import parse_fault_plan  # imported late: faults reads RunConfig
+
+        plan = parse_fault_plan(self.fault_plan, self.num_clients)
+        distillate_only = sorted({k for k in plan.values() if k in ("bad-class-id", "bad-soft-labels")})
+        if distillate_only and self.strategy != "fedsd2c":
+            raise ConfigError(
+                f"invalid run-config value fault-plan={self.fault_plan!r}: {', '.join(distillate_only)} "
+                f"corrupts distillates, which strategy={self.strategy!r} does not upload; "
+                "use it with strategy='fedsd2c'"
+            )
         if self.autoencoder not in ("pretrain", "random") and not self.autoencoder.strip():
             raise ConfigError(
                 "run-config key 'autoencoder' is empty; use 'pretrain', 'random' or the path of "
