@@ -1,4 +1,5 @@
-"""Command-line entry point: ``fedlab run``, ``fedlab pretrain-autoencoder``, ``fedlab list``."""
+"""Command-line entry point: ``fedlab run``, ``fedlab pretrain-autoencoder``, ``fedlab list``,
+``fedlab prepare-device-data`` and ``fedlab generate-credentials``."""
 
 from __future__ import annotations
 
@@ -126,11 +127,62 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from fedlab.payload import PayloadError
+    from fedlab.resume import resume_run
+    from fedlab.server_app import _configure_logging
+
+    _configure_logging()
+    try:
+        path = resume_run(Path(args.run_dir), force=args.force)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, PayloadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from fedlab.registries import all_registries
 
     for kind, registry in all_registries().items():
         print(f"{kind}: {', '.join(registry.names())}")
+    return 0
+
+
+def _cmd_prepare_device_data(args: argparse.Namespace) -> int:
+    from fedlab.device_data import prepare_device_data
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config, _ = resolve_run_config(Path(args.app_dir).resolve(), args.run_config, args.clients)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        folders = prepare_device_data(config, Path(args.out))
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for folder in folders:
+        print(folder)
+    return 0
+
+
+def _cmd_generate_credentials(args: argparse.Namespace) -> int:
+    from fedlab.deploy import generate_credentials
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        credentials = generate_credentials(
+            Path(args.out), args.supernodes, hosts=args.host, valid_days=args.days
+        )
+    except (FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(credentials.superlink_certificate.parent)
+    for keys in credentials.supernodes:
+        print(keys.folder)
     return 0
 
 
@@ -151,6 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--app-dir", default=str(PROJECT_DIR), help="folder of the Flower App (default: %(default)s)")
     pretrain.add_argument("--run-config", action="append", default=[], help="run-config overrides (dataset, seed, ae-* keys)")
     pretrain.set_defaults(func=_cmd_pretrain)
+
+    resume = commands.add_parser("resume", help="finish a crashed run from the uploads stored in its run folder")
+    resume.add_argument("run_dir", help="the run folder, outputs/<run-id>")
+    resume.add_argument("--force", action="store_true", help="train again even if results.json exists")
+    resume.set_defaults(func=_cmd_resume)
+
+    prepare = commands.add_parser(
+        "prepare-device-data",
+        help="write one data folder per client (client-<i>/) from the split a simulation with the same run config uses",
+    )
+    prepare.add_argument("--out", required=True, help="folder to write client-0/, client-1/, ... into")
+    prepare.add_argument("--clients", type=int, default=None, help="number of clients (sets num-clients)")
+    prepare.add_argument("--app-dir", default=str(PROJECT_DIR), help="folder of the Flower App (default: %(default)s)")
+    prepare.add_argument("--run-config", action="append", default=[], help="run-config overrides (dataset, partitioner, alpha, seed, ...)")
+    prepare.set_defaults(func=_cmd_prepare_device_data)
+
+    credentials = commands.add_parser(
+        "generate-credentials",
+        help="write a CA, the SuperLink's TLS certificate and key, and SuperNode authentication key pairs",
+    )
+    credentials.add_argument("--out", required=True, help="folder to write ca/, superlink/ and supernode-<i>/ into")
+    credentials.add_argument("--supernodes", type=int, required=True, help="number of SuperNode key pairs")
+    credentials.add_argument("--host", action="append", default=[], help="host name or IP address the SuperNodes reach the SuperLink at (repeatable; 127.0.0.1 and localhost are always included)")
+    credentials.add_argument("--days", type=int, default=365, help="validity of the CA and SuperLink certificates in days (default: %(default)s)")
+    credentials.set_defaults(func=_cmd_generate_credentials)
 
     listing = commands.add_parser("list", help="list the registered strategies, datasets, models, partitioners and distillers")
     listing.set_defaults(func=_cmd_list)

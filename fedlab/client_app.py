@@ -1,14 +1,19 @@
 """The fedlab ClientApp: local training for model-sharing baselines and distillation for FedSD2C.
 
-A client finds its partition through its node config (``partition-id`` and
-``num-partitions``, set by Flower's simulation engine or by ``flower-supernode
---node-config``). Data are loaded and partitioned once per process and reused.
+A client finds its data through its node config, in one of two ways:
+
+- ``partition-id`` and ``num-partitions`` (set by Flower's simulation engine, or by
+  ``flower-supernode --node-config``): the client loads the run's dataset and takes its
+  partition. Data are loaded and partitioned once per process and reused.
+- ``data-path``: a device data folder (see :mod:`fedlab.device_data`), for real devices
+  that hold only their own data.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,8 +21,11 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import DISTILLERS
-from fedlab.autoencoder import autoencoder_fingerprint
+from fedlab import faults
+from fedlab.autoencoder import autoencoder_fingerprint, decode_images
 from fedlab.config import RunConfig
+from fedlab.data import ImageDataset
+from fedlab.device_data import DATA_PATH_KEY, check_matches_run, load_device_data
 from fedlab.federation import federated_data
 from fedlab.models import Classifier, build_model
 from fedlab.payload import (
@@ -34,6 +42,7 @@ from fedlab.payload import (
     metrics_record,
     model_to_record,
 )
+from fedlab.privacy import NOISE_ABSOLUTE_SCALE, add_latent_noise, measure_privacy
 from fedlab.training import limit_torch_threads, seeded_generator, select_device, train_classifier
 
 logger = logging.getLogger(__name__)
@@ -41,32 +50,56 @@ logger = logging.getLogger(__name__)
 app = ClientApp()
 
 # Purposes mixed into the client's seeds so that each random stream is independent.
-_SEED_MODEL, _SEED_TRAIN, _SEED_DISTILL = 1, 2, 3
+_SEED_MODEL, _SEED_TRAIN, _SEED_DISTILL, _SEED_LATENT_NOISE = 1, 2, 3, 4
 
 
 class ClientData:
     """The local data and settings of the client running in this process."""
 
-    def __init__(self, config: RunConfig, partition_id: int) -> None:
+    def __init__(self, config: RunConfig, partition_id: int, local: ImageDataset | None = None) -> None:
+        """Hold `local` as this client's data, or partition `partition_id` of the run when None."""
         self.config = config
         self.partition_id = partition_id
         limit_torch_threads()
         self.device = select_device()
-        data = federated_data(self.config)
-        local = data.client_dataset(self.partition_id)
-        self.num_classes = data.train.num_classes
-        self.image_shape = data.train.image_shape
+        if local is None:
+            data = federated_data(self.config)
+            local = data.client_dataset(self.partition_id)
+        self.num_classes = local.num_classes
+        self.image_shape = local.image_shape
         self.images = local.float_images().to(self.device)
         self.labels = local.labels.to(self.device)
 
     @classmethod
+    def from_folder(cls, config: RunConfig, data_path: str) -> ClientData:
+        """Load a device data folder, check it against the run, and report its partition id."""
+        folder = Path(data_path).expanduser()
+        if not folder.is_absolute():
+            raise ValueError(
+                f"node config {DATA_PATH_KEY}={data_path!r} is a relative path; start the SuperNode "
+                f"with an absolute one, e.g. --node-config \"{DATA_PATH_KEY}='/home/me/fedlab-data/client-0'\""
+            )
+        meta, local = load_device_data(folder)
+        check_matches_run(meta, config, folder)
+        logger.info("Loaded %s samples of partition %s from %s", len(local), meta.partition_id, folder)
+        return cls(config, meta.partition_id, local)
+
+    @classmethod
     def from_context(cls, context: Context) -> ClientData:
-        """Read the run config and this node's partition from a Flower context."""
+        """Read the run config and this node's data (folder or partition) from a Flower context."""
         config = RunConfig.from_run_config(context.run_config)
         node_config = context.node_config
+        if DATA_PATH_KEY in node_config:
+            if "partition-id" in node_config or "num-partitions" in node_config:
+                raise ValueError(
+                    f"node config sets both '{DATA_PATH_KEY}' and 'partition-id'/'num-partitions'; "
+                    f"start the SuperNode with only --node-config \"{DATA_PATH_KEY}=<folder>\""
+                )
+            return cls.from_folder(config, str(node_config[DATA_PATH_KEY]))
         if "partition-id" not in node_config or "num-partitions" not in node_config:
             raise ValueError(
-                "node config lacks 'partition-id' and 'num-partitions'; start the SuperNode with "
+                f"node config lacks '{DATA_PATH_KEY}' or 'partition-id' and 'num-partitions'; "
+                f"start the SuperNode with --node-config \"{DATA_PATH_KEY}=<folder>\" or "
                 "--node-config \"partition-id=<i> num-partitions=<n>\""
             )
         num_partitions = int(node_config["num-partitions"])
@@ -140,16 +173,35 @@ def distillation_reply(client: ClientData, autoencoder: nn.Module) -> RecordDict
         client.num_classes,
         seeded_generator(cfg.seed, client.partition_id, _SEED_DISTILL),
     )
+
+    # Optional noise on the latents; the soft labels stay those of the latents before noise.
+    latents, noise_scale = add_latent_noise(
+        distillates.latents,
+        cfg.latent_noise,
+        cfg.latent_noise_scale,
+        seeded_generator(cfg.seed, client.partition_id, _SEED_LATENT_NOISE),
+    )
     payload = DistillatePayload.from_tensors(
-        distillates.latents, distillates.soft_labels, distillates.class_ids, cfg.latent_dtype
+        latents, distillates.soft_labels, distillates.class_ids, cfg.latent_dtype
     )
     metrics = {
         **client.base_metrics(),
         "train-loss": loss,
         "local-training-seconds": train_seconds,
         "num-distillates": len(payload),
+        NOISE_ABSOLUTE_SCALE: noise_scale,
         **{f"{name}-seconds": seconds for name, seconds in distillates.timings.items()},
     }
+
+    # Privacy report on exactly what the server decodes: the noisy latents in the wire dtype.
+    if cfg.privacy_report:
+        start = time.perf_counter()
+        wire_latents = torch.from_numpy(payload.latents.astype("float32"))
+        decoded = decode_images(autoencoder, wire_latents.to(next(autoencoder.parameters()).device))
+        class_ids = torch.from_numpy(payload.class_ids).long()
+        report = measure_privacy(decoded, class_ids, client.images, client.labels)
+        metrics.update(report.to_metrics())
+        metrics["privacy-report-seconds"] = time.perf_counter() - start
     logger.info(
         "Partition %s: %s distillates from %s images", client.partition_id, len(payload), len(client.labels)
     )
@@ -160,7 +212,9 @@ def distillation_reply(client: ClientData, autoencoder: nn.Module) -> RecordDict
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on local data and send back its weights."""
     client = ClientData.from_context(context)
-    return Message(content=local_training_reply(client, msg.content.array_records[ARRAYS_KEY]), reply_to=msg)
+    fault = faults.before_reply(client.config, client.partition_id)
+    content = local_training_reply(client, msg.content.array_records[ARRAYS_KEY])
+    return Message(content=_apply_fault(content, fault, ARRAYS_KEY, client.config), reply_to=msg)
 
 
 @app.train("distill")
@@ -175,4 +229,14 @@ def distill(msg: Message, context: Context) -> Message:
     expected = str(ae_config.get("fingerprint", ""))
     if expected and autoencoder_fingerprint(autoencoder) != expected:
         raise ValueError("the received autoencoder does not match the server's fingerprint")
-    return Message(content=distillation_reply(client, autoencoder), reply_to=msg)
+    fault = faults.before_reply(client.config, client.partition_id)
+    content = distillation_reply(client, autoencoder)
+    return Message(content=_apply_fault(content, fault, DISTILLATES_KEY, client.config), reply_to=msg)
+
+
+def _apply_fault(content: RecordDict, fault: str | None, record_key: str, config: RunConfig) -> RecordDict:
+    """Corrupt the reply when the config assigns this client a malformed-reply fault."""
+    if fault not in faults.MALFORMED_KINDS:
+        return content
+    logger.info("Sending a malformed reply on purpose: %s", faults.MALFORMED_KINDS[fault])
+    return faults.corrupt_reply(content, fault, record_key, config.max_payload_bytes)

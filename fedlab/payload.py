@@ -91,6 +91,9 @@ class DistillatePayload:
         missing = [name for name in (LATENTS, SOFT_LABELS, CLASS_IDS) if name not in record]
         if missing:
             raise PayloadError(f"distillates record lacks arrays {missing}")
+        unexpected = sorted(set(record) - {LATENTS, SOFT_LABELS, CLASS_IDS})
+        if unexpected:
+            raise PayloadError(f"distillates record has unexpected arrays {unexpected}")
         latents = record[LATENTS].numpy()
         soft_labels = record[SOFT_LABELS].numpy()
         class_ids = record[CLASS_IDS].numpy()
@@ -134,6 +137,36 @@ def model_to_record(model: nn.Module) -> ArrayRecord:
 def model_upload_bytes(model: nn.Module) -> int:
     """Return the serialized size of one model upload (its state dict as an ArrayRecord)."""
     return record_bytes(RecordDict({ARRAYS_KEY: model_to_record(model)}))
+
+
+def check_model_record(record: ArrayRecord, reference: dict[str, torch.Tensor]) -> None:
+    """Check an uploaded model against the global model's state dict.
+
+    Raises
+    ------
+    PayloadError
+        When arrays are missing or unexpected, or an array's shape or dtype differs from
+        the reference, or a floating-point array holds NaN or infinite values.
+    """
+    missing = sorted(set(reference) - set(record))
+    unexpected = sorted(set(record) - set(reference))
+    if missing or unexpected:
+        raise PayloadError(
+            f"model record does not match the global model: missing arrays {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected arrays {unexpected[:5]}"
+        )
+    for name, expected in reference.items():
+        array = record[name]
+        if tuple(array.shape) != tuple(expected.shape):
+            raise PayloadError(
+                f"model array {name!r} has shape {tuple(array.shape)}, expected {tuple(expected.shape)}"
+            )
+        values = array.numpy()
+        expected_dtype = str(expected.dtype).removeprefix("torch.")
+        if values.dtype.name != expected_dtype:
+            raise PayloadError(f"model array {name!r} has dtype {values.dtype}, expected {expected_dtype}")
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise PayloadError(f"model array {name!r} contains NaN or infinite values")
 
 
 def load_model_record(model: nn.Module, record: ArrayRecord) -> nn.Module:

@@ -6,6 +6,8 @@ import logging
 import platform
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import flwr
 import torch
@@ -14,13 +16,16 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlab.config import RunConfig
 from fedlab.data import partition_summary, save_manifest
+from fedlab.faults import assigned_faults
 from fedlab.federation import federated_data, partition_params
 from fedlab.launch import RESULTS_MARKER
 from fedlab.payload import model_upload_bytes
+from fedlab.privacy import privacy_results
 from fedlab.results import make_run_dir, save_model, summarize_client_seconds, write_json
-from fedlab.server_run import ServerRun
+from fedlab.server_run import REJECTED, ServerRun
 from fedlab.training import limit_torch_threads
 from strategies import STRATEGIES
+from strategies.base import StrategyResult
 
 logger = logging.getLogger("fedlab")
 
@@ -71,8 +76,22 @@ def main(grid: Grid, context: Context) -> None:
 
     # 3. Save the global model and the results.
     save_model(run_dir / "model.pt", outcome.model)
+    results = build_results(config, server, node_ids, outcome, time.perf_counter() - started, context.run_id)
+    write_json(run_dir / "results.json", results)
+    log_summary(results, run_dir)
+
+
+def build_results(
+    config: RunConfig,
+    server: ServerRun,
+    node_ids: list[int],
+    outcome: StrategyResult,
+    wall_seconds: float,
+    flower_run_id: int | None,
+) -> dict[str, Any]:
+    """Return the content of ``results.json`` for a finished run."""
     uploads = [server.upload_bytes[node] for node in node_ids if node in server.upload_bytes]
-    results = {
+    return {
         "strategy": config.strategy,
         "dataset": config.dataset,
         "model": config.model,
@@ -80,17 +99,21 @@ def main(grid: Grid, context: Context) -> None:
         "partitioner": config.partitioner,
         "alpha": config.alpha,
         "seed": config.seed,
+        "heterogeneity": server.data.heterogeneity(),
         "test_accuracy": outcome.test_accuracy,
         "upload_bytes_per_client": sum(uploads) / len(uploads) if uploads else 0.0,
         "upload_bytes_per_client_max": max(uploads, default=0),
         "model_bytes": model_upload_bytes(server.build_model()),
         "failed_clients": server.failed_clients(),
-        "wall_seconds": time.perf_counter() - started,
+        "rejected_clients": server.failed_clients(REJECTED),
+        "injected_faults": {str(k): v for k, v in sorted(assigned_faults(config).items())},
+        "wall_seconds": wall_seconds,
         "phase_seconds": {
             **summarize_client_seconds(server.client_metrics),
             **dict(server.phase_seconds),
         },
         **outcome.extra,
+        **privacy_results(config, server.client_metrics, server.node_partitions),
         "clients": [
             {
                 "node_id": node,
@@ -100,12 +123,15 @@ def main(grid: Grid, context: Context) -> None:
             }
             for node in node_ids
         ],
-        "flower_run_id": context.run_id,
-        "run_dir": str(run_dir),
+        "flower_run_id": flower_run_id,
+        "run_dir": str(server.output_dir),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "flwr": flwr.__version__},
     }
-    write_json(run_dir / "results.json", results)
+
+
+def log_summary(results: dict[str, Any], run_dir: Path) -> None:
+    """Log the headline figures and, last, the marker line with the path of results.json."""
     logger.info("Test accuracy %.4f | upload %.0f bytes per client | model %s bytes | %s failed clients",
                 results["test_accuracy"], results["upload_bytes_per_client"], results["model_bytes"],
                 len(results["failed_clients"]))

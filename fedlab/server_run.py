@@ -17,7 +17,15 @@ from flwr.serverapp import Grid
 from fedlab.config import RunConfig
 from fedlab.data import FederatedData
 from fedlab.models import Classifier, build_model
-from fedlab.payload import PARTITION_ID, error_reason, record_bytes, reply_metrics
+from fedlab.payload import (
+    ARRAYS_KEY,
+    PARTITION_ID,
+    PayloadError,
+    check_model_record,
+    error_reason,
+    record_bytes,
+    reply_metrics,
+)
 from fedlab.training import evaluate_classifier, select_device
 
 logger = logging.getLogger(__name__)
@@ -27,23 +35,41 @@ class NotEnoughRepliesError(RuntimeError):
     """Fewer clients replied successfully than the run needs (``min-replies``)."""
 
 
+# Why a client is missing from the results.
+FAILED, TIMED_OUT, REJECTED = "failed", "timed-out", "rejected"
+
+
 @dataclass(frozen=True)
 class ClientFailure:
-    """A client whose reply was missing, an error, or rejected."""
+    """A client whose reply was an error (failed), missing (timed out) or rejected."""
 
     node_id: int
     reason: str
     message_type: str
+    kind: str = FAILED
 
     def to_json(self) -> dict[str, object]:
-        return {"node_id": self.node_id, "reason": self.reason, "message_type": self.message_type}
+        return {"node_id": self.node_id, "kind": self.kind, "reason": self.reason,
+                "message_type": self.message_type}
+
+    @classmethod
+    def from_json(cls, values: dict[str, object]) -> ClientFailure:
+        return cls(int(values["node_id"]), str(values["reason"]), str(values["message_type"]),
+                   str(values.get("kind", FAILED)))
+
+
+# A check run on every successful reply before it is used; it raises PayloadError to reject.
+ReplyCheck = Callable[[Message], None]
 
 
 @dataclass
 class ServerRun:
-    """Everything a strategy needs from the platform during one run."""
+    """Everything a strategy needs from the platform during one run.
 
-    grid: Grid
+    `grid` is None when a run is resumed from stored uploads without any client.
+    """
+
+    grid: Grid | None
     config: RunConfig
     data: FederatedData
     output_dir: Path
@@ -55,6 +81,8 @@ class ServerRun:
     phase_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     client_metrics: dict[int, dict[str, float | int]] = field(default_factory=dict)
     extra_results: dict[str, object] = field(default_factory=dict)
+    poll_seconds: float = 0.5
+    _model_reference: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     # Nodes -------------------------------------------------------------------------------
 
@@ -67,12 +95,13 @@ class ServerRun:
             When fewer nodes connect within ``node-wait-seconds``, or more nodes than
             ``num-clients`` are connected (the partition count would not match).
         """
+        grid = self._require_grid()
         expected = self.config.num_clients
         deadline = time.monotonic() + self.config.node_wait_seconds
-        node_ids = sorted(self.grid.get_node_ids())
+        node_ids = sorted(grid.get_node_ids())
         while len(node_ids) < expected and time.monotonic() < deadline:
             time.sleep(0.5)
-            node_ids = sorted(self.grid.get_node_ids())
+            node_ids = sorted(grid.get_node_ids())
         if len(node_ids) < expected:
             raise RuntimeError(
                 f"only {len(node_ids)} of num-clients={expected} nodes connected within "
@@ -87,6 +116,11 @@ class ServerRun:
         logger.info("%s nodes connected", len(node_ids))
         return node_ids
 
+    def _require_grid(self) -> Grid:
+        if self.grid is None:
+            raise RuntimeError("this server run was resumed from stored uploads and has no clients")
+        return self.grid
+
     # Messaging ---------------------------------------------------------------------------
 
     def send_and_collect(
@@ -94,80 +128,138 @@ class ServerRun:
         node_ids: Sequence[int],
         message_type: str,
         content_for: Callable[[int], RecordDict],
+        check: ReplyCheck | None = None,
+        on_accept: Callable[[Message], None] | None = None,
         min_replies: int | None = None,
     ) -> list[Message]:
-        """Send one message per node and return the replies that carry content.
+        """Send one message per node and return the accepted replies, handling each on arrival.
 
-        Failed replies are logged in one line each and recorded in :attr:`failures`;
-        upload bytes are counted from the serialized records of each successful reply.
+        Every reply is checked as soon as it arrives: an error reply is recorded as failed,
+        a reply larger than ``max-payload-bytes`` or failing `check` as rejected, and nodes
+        that have not answered within ``reply-timeout`` as timed out; each gets one logged
+        line. `on_accept` runs on every accepted reply right away (to store it before the
+        others arrive). Upload bytes are counted from the serialized records of each reply.
 
         Raises
         ------
         NotEnoughRepliesError
-            When fewer than `min_replies` (default: ``min-replies``) replies succeed.
+            When fewer than `min_replies` (default: ``min-replies``) replies are accepted.
         """
+        grid = self._require_grid()
         messages = []
         for node_id in node_ids:
             content = content_for(node_id)
             self.download_bytes[node_id] += record_bytes(content)
             messages.append(Message(content=content, dst_node_id=node_id, message_type=message_type))
+        pending = set(grid.push_messages(messages))
         logger.info("Sent %s '%s' messages", len(messages), message_type)
-        replies = self.grid.send_and_receive(messages, timeout=self.config.reply_timeout)
-        return self.account_replies(node_ids, replies, message_type, min_replies)
+        del messages
+
+        accepted: list[Message] = []
+        answered: set[int] = set()
+        deadline = time.monotonic() + self.config.reply_timeout
+        while pending:
+            for reply in grid.pull_messages(list(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)
+                answered.add(reply.metadata.src_node_id)
+                if self._accept(reply, message_type, check):
+                    accepted.append(reply)
+                    if on_accept is not None:
+                        on_accept(reply)
+            if pending and time.monotonic() >= deadline:
+                break
+            if pending:
+                time.sleep(self.poll_seconds)
+        self._record_timeouts(node_ids, answered, message_type)
+        return self._check_enough(accepted, len(node_ids), message_type, min_replies)
 
     def account_replies(
         self,
         node_ids: Sequence[int],
         replies: Iterable[Message],
         message_type: str,
+        check: ReplyCheck | None = None,
         min_replies: int | None = None,
     ) -> list[Message]:
-        """Sort replies into successes and recorded failures; count bytes and client metrics.
+        """Sort replies collected elsewhere into accepted ones and recorded failures.
+
+        The same checks and accounting as :meth:`send_and_collect`, for replies that a
+        Flower strategy received itself.
 
         Raises
         ------
         NotEnoughRepliesError
-            When fewer than `min_replies` (default: ``min-replies``) replies succeed.
+            When fewer than `min_replies` (default: ``min-replies``) replies are accepted.
         """
-        replies = list(replies)
-        answered = {reply.metadata.src_node_id for reply in replies}
-        successes = []
+        accepted, answered = [], set()
         for reply in replies:
-            node_id = reply.metadata.src_node_id
-            if reply.has_error():
-                self.record_failure(node_id, error_reason(reply), message_type)
-                continue
-            self.upload_bytes[node_id] += record_bytes(reply.content)
-            metrics = reply_metrics(reply)
-            if PARTITION_ID in metrics:
-                self.node_partitions[node_id] = int(metrics[PARTITION_ID])
-            self.client_metrics.setdefault(node_id, {}).update(metrics)
-            successes.append(reply)
+            answered.add(reply.metadata.src_node_id)
+            if self._accept(reply, message_type, check):
+                accepted.append(reply)
+        self._record_timeouts(node_ids, answered, message_type)
+        return self._check_enough(accepted, len(node_ids), message_type, min_replies)
+
+    def _accept(self, reply: Message, message_type: str, check: ReplyCheck | None) -> bool:
+        """Account one reply; return whether it may be used."""
+        node_id = reply.metadata.src_node_id
+        if reply.has_error():
+            self.record_failure(node_id, error_reason(reply), message_type, FAILED)
+            return False
+        size = record_bytes(reply.content)
+        self.upload_bytes[node_id] += size
+        metrics = reply_metrics(reply)
+        if PARTITION_ID in metrics:
+            self.node_partitions[node_id] = int(metrics[PARTITION_ID])
+        if size > self.config.max_payload_bytes:
+            self.record_failure(
+                node_id,
+                f"payload of {size} bytes exceeds max-payload-bytes={self.config.max_payload_bytes}",
+                message_type,
+                REJECTED,
+            )
+            return False
+        if check is not None:
+            try:
+                check(reply)
+            except PayloadError as err:
+                self.record_failure(node_id, str(err), message_type, REJECTED)
+                return False
+        self.client_metrics.setdefault(node_id, {}).update(metrics)
+        return True
+
+    def _record_timeouts(self, node_ids: Sequence[int], answered: set[int], message_type: str) -> None:
         for node_id in node_ids:
             if node_id not in answered:
                 self.record_failure(
-                    node_id, f"no reply within reply-timeout={self.config.reply_timeout} s", message_type
+                    node_id, f"no reply within reply-timeout={self.config.reply_timeout:g} s",
+                    message_type, TIMED_OUT,
                 )
 
-        logger.info(
-            "Received %s results and %s failures for '%s'",
-            len(successes),
-            len(node_ids) - len(successes),
-            message_type,
-        )
+    def _check_enough(
+        self, accepted: list[Message], sent: int, message_type: str, min_replies: int | None
+    ) -> list[Message]:
+        logger.info("Accepted %s of %s replies to '%s'", len(accepted), sent, message_type)
         needed = self.config.min_replies if min_replies is None else min_replies
-        if len(successes) < needed:
+        if len(accepted) < needed:
             raise NotEnoughRepliesError(
-                f"only {len(successes)} of {len(node_ids)} clients replied successfully to "
-                f"'{message_type}', fewer than min-replies={needed}; failures: "
-                + "; ".join(f"node {f.node_id}: {f.reason}" for f in self.failures)
+                f"only {len(accepted)} of {sent} clients replied acceptably to '{message_type}', "
+                f"fewer than min-replies={needed}; lower min-replies or fix the clients; failures: "
+                + "; ".join(f"node {f.node_id} {f.kind}: {f.reason}" for f in self.failures)
             )
-        return successes
+        return accepted
 
-    def record_failure(self, node_id: int, reason: str, message_type: str) -> None:
-        """Record and log a client that failed or whose reply was rejected."""
-        logger.warning("Client on node %s failed '%s': %s", node_id, message_type, reason)
-        self.failures.append(ClientFailure(node_id, reason, message_type))
+    def record_failure(self, node_id: int, reason: str, message_type: str, kind: str = FAILED) -> None:
+        """Record and log, in one line, a client that failed, timed out or was rejected."""
+        logger.warning("Client on node %s %s '%s': %s", node_id, kind, message_type, reason)
+        self.failures.append(ClientFailure(node_id, reason, message_type, kind))
+
+    def check_model_reply(self, reply: Message) -> None:
+        """Reject a model upload whose record, keys, shapes, dtypes or values are wrong."""
+        if ARRAYS_KEY not in reply.content.array_records:
+            raise PayloadError(f"reply lacks the '{ARRAYS_KEY}' ArrayRecord")
+        if self._model_reference is None:
+            self._model_reference = {k: v.cpu() for k, v in self.build_model().state_dict().items()}
+        check_model_record(reply.content.array_records[ARRAYS_KEY], self._model_reference)
 
     # Timing and models -------------------------------------------------------------------
 
@@ -203,6 +295,10 @@ class ServerRun:
             model.to(self.device), test.float_images().to(self.device), test.labels.to(self.device)
         )
 
-    def failed_clients(self) -> list[dict[str, object]]:
-        """Return the failures as JSON-ready dicts."""
-        return [failure.to_json() for failure in self.failures]
+    def failed_clients(self, kind: str | None = None) -> list[dict[str, object]]:
+        """Return the failures (all, or those of one `kind`) as JSON-ready dicts."""
+        return [
+            {**failure.to_json(), "partition_id": self.node_partitions.get(failure.node_id)}
+            for failure in self.failures
+            if kind in (None, failure.kind)
+        ]

@@ -38,7 +38,9 @@ class EnsembleStrategy(FedLabStrategy):
             {ARRAYS_KEY: model_to_record(initial), CONFIG_KEY: ConfigRecord({"server-round": 1})}
         )
         with server.phase("round"):
-            replies = server.send_and_collect(node_ids, TRAIN, lambda _node: content)
+            replies = server.send_and_collect(
+                node_ids, TRAIN, lambda _node: content, check=server.check_model_reply
+            )
 
         members = []
         for index, reply in enumerate(replies):

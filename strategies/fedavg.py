@@ -50,7 +50,7 @@ class _AccountedFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         good = self.server.account_replies(
-            self._sent_to, replies, f"{TRAIN} round {server_round}"
+            self._sent_to, replies, f"{TRAIN} round {server_round}", check=self.server.check_model_reply
         )
         return super().aggregate_train(server_round, good)
 

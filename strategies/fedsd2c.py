@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from torch import nn
 
 from fedlab.autoencoder import decode_images
@@ -23,14 +23,17 @@ from fedlab.payload import (
     CONFIG_KEY,
     DISTILL,
     DISTILLATES_KEY,
+    PARTITION_ID,
     DistillatePayload,
     PayloadError,
     autoencoder_to_records,
+    reply_metrics,
 )
 from fedlab.config import RunConfig
-from fedlab.public_autoencoder import prepare_autoencoder
+from fedlab.public_autoencoder import AutoencoderInfo, prepare_autoencoder
 from fedlab.server_run import NotEnoughRepliesError, ServerRun
 from fedlab.training import distill_classifier, seeded_generator
+from fedlab.upload_store import UploadStore
 from strategies.base import STRATEGIES, FedLabStrategy, StrategyResult
 
 logger = logging.getLogger(__name__)
@@ -38,17 +41,21 @@ logger = logging.getLogger(__name__)
 
 @STRATEGIES.register("fedsd2c")
 class FedSD2CStrategy(FedLabStrategy):
-    """One round: clients distil, the server trains the global model on the distillates."""
+    """One round: clients distil, the server trains the global model on the distillates.
+
+    Accepted distillates are stored in the run folder as they arrive
+    (:class:`fedlab.upload_store.UploadStore`); :meth:`resume` trains from them after a crash
+    without contacting any client.
+    """
 
     def run(self, server: ServerRun, node_ids: list[int]) -> StrategyResult:
         cfg = self.config
+        store = UploadStore(server.output_dir)
 
         # 1. The public autoencoder, shared with every client in the request.
         # NOTE: every request carries the full autoencoder weights, so download volume grows
         # with the client count; clients do not cache it by fingerprint yet.
-        cache_root = Path(cfg.ae_cache_dir) if cfg.ae_cache_dir else server.output_dir.parent / "cache"
-        with server.phase("autoencoder"):
-            autoencoder, ae_info = prepare_autoencoder(cfg, server.data, cache_root)
+        autoencoder, ae_info = self._autoencoder(server)
         ae_arrays, ae_config = autoencoder_to_records(autoencoder)
         ae_config["fingerprint"] = ae_info.fingerprint
         content = RecordDict(
@@ -59,31 +66,99 @@ class FedSD2CStrategy(FedLabStrategy):
             }
         )
 
-        # 2. Clients train their local model, select core-sets and synthesise distillates.
-        with server.phase("client_round"):
-            replies = server.send_and_collect(node_ids, DISTILL, lambda _node: content)
-
-        # 3. Validate every payload; a malformed one is rejected, the others are kept.
+        # 2-3. Clients train, select core-sets and synthesise; every reply is validated and
+        # stored as it arrives, and a malformed one is rejected while the others are kept.
         num_classes = server.data.train.num_classes
-        payloads: list[DistillatePayload] = []
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            try:
-                if DISTILLATES_KEY not in reply.content.array_records:
-                    raise PayloadError(f"reply lacks the '{DISTILLATES_KEY}' ArrayRecord")
-                payload = DistillatePayload.from_record(
-                    reply.content.array_records[DISTILLATES_KEY], num_classes, ae_info.latent_shape
-                )
-            except PayloadError as err:
-                server.record_failure(node_id, f"rejected distillates: {err}", DISTILL)
-                continue
-            payloads.append(payload)
+        checked: dict[int, tuple[int, DistillatePayload]] = {}  # by id() of the reply
+        payloads: dict[int, DistillatePayload] = {}
+
+        def check(reply: Message) -> None:
+            metrics = reply_metrics(reply)
+            if PARTITION_ID not in metrics:
+                raise PayloadError(f"reply lacks the '{PARTITION_ID}' metric")
+            partition_id = int(metrics[PARTITION_ID])
+            if partition_id in payloads:
+                raise PayloadError(f"partition {partition_id} already sent distillates from another node")
+            if DISTILLATES_KEY not in reply.content.array_records:
+                raise PayloadError(f"reply lacks the '{DISTILLATES_KEY}' ArrayRecord")
+            payload = DistillatePayload.from_record(
+                reply.content.array_records[DISTILLATES_KEY], num_classes, ae_info.latent_shape
+            )
+            checked[id(reply)] = (partition_id, payload)
+
+        def on_accept(reply: Message) -> None:
+            partition_id, payload = checked.pop(id(reply))
+            payloads[partition_id] = payload
+            store.save_distillates(partition_id, payload)
+            store.save_state(server, node_ids, complete=False, autoencoder=ae_info.to_json())
+
+        try:
+            with server.phase("client_round"):
+                server.send_and_collect(node_ids, DISTILL, lambda _node: content, check=check, on_accept=on_accept)
+        finally:
+            store.save_state(server, node_ids, complete=True, autoencoder=ae_info.to_json())
+
+        # 4-6. Decode, distil into the global model, evaluate.
+        ordered = [payloads[partition] for partition in sorted(payloads)]
+        return self._train(server, autoencoder, ae_info, ordered)
+
+    def resume(self, server: ServerRun) -> tuple[list[int], StrategyResult]:
+        """Train the global model from the uploads a previous attempt of this run stored.
+
+        Returns
+        -------
+        tuple of (list of int, StrategyResult)
+            The node ids of the original run and the result.
+
+        Raises
+        ------
+        FileNotFoundError
+            When the run folder holds no stored uploads.
+        ValueError
+            When the autoencoder rebuilt from the config differs from the one the clients used.
+        """
+        store = UploadStore(server.output_dir)
+        node_ids, state = store.restore(server)
+        autoencoder, ae_info = self._autoencoder(server)
+        used = state.get("autoencoder", {}).get("fingerprint")
+        if used and used != ae_info.fingerprint:
+            raise ValueError(
+                f"the autoencoder prepared now (fingerprint {ae_info.fingerprint}) differs from the one "
+                f"the clients encoded with ({used}); point ae-cache-dir or autoencoder at the original one"
+            )
+        stored = store.load_distillates(server.data.train.num_classes, ae_info.latent_shape)
+        if not state.get("collection_complete", False):
+            logger.warning(
+                "The run stopped while collecting replies; resuming with the %s clients stored so far",
+                len(stored),
+            )
+        if len(stored) < self.config.min_replies:
+            raise NotEnoughRepliesError(
+                f"only {len(stored)} clients' distillates are stored, fewer than "
+                f"min-replies={self.config.min_replies}"
+            )
+        logger.info("Resuming from %s stored distillate uploads in %s", len(stored), store.root)
+        return node_ids, self._train(server, autoencoder, ae_info, [payload for _, payload in stored])
+
+    def _autoencoder(self, server: ServerRun) -> tuple[nn.Module, AutoencoderInfo]:
+        cfg = self.config
+        cache_root = Path(cfg.ae_cache_dir) if cfg.ae_cache_dir else server.output_dir.parent / "cache"
+        with server.phase("autoencoder"):
+            return prepare_autoencoder(cfg, server.data, cache_root)
+
+    def _train(
+        self,
+        server: ServerRun,
+        autoencoder: nn.Module,
+        ae_info: AutoencoderInfo,
+        payloads: list[DistillatePayload],
+    ) -> StrategyResult:
+        cfg = self.config
         if len(payloads) < cfg.min_replies:
             raise NotEnoughRepliesError(
                 f"only {len(payloads)} clients sent valid distillates, fewer than "
                 f"min-replies={cfg.min_replies}"
             )
-
         # 4-5. Decode and pool the latents, then distil the soft labels into the global model.
         model = server.build_model()
         with server.phase("server_training"):
@@ -92,7 +167,7 @@ class FedSD2CStrategy(FedLabStrategy):
         # 6. Evaluate on the held-out server test set.
         accuracy = server.evaluate(model)
         logger.info("FedSD2C global model: test accuracy %.4f (final distillation loss %.4f)", accuracy, loss)
-        counts = np.bincount(class_ids, minlength=num_classes)
+        counts = np.bincount(class_ids, minlength=server.data.train.num_classes)
         return StrategyResult(
             model=model,
             test_accuracy=accuracy,
