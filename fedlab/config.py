@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args
 
 LatentDtype = Literal["float16", "float32"]
 LatentNoise = Literal["none", "gaussian", "laplace"]
+FeatureSkew = Literal["none", "rotation", "noise"]
+FeatureSkewLevels = Literal["even", "random"]
 
 
 class ConfigError(ValueError):
@@ -49,6 +51,11 @@ class RunConfig:
     alpha: float = 0.1
     min_partition_size: int = 10
     shards_per_client: int = 2
+    quantity_sigma: float = 1.0
+    quantity_exponent: float = 1.5
+    feature_skew: FeatureSkew = "none"
+    feature_skew_strength: float = 0.0
+    feature_skew_levels: FeatureSkewLevels = "even"
 
     # Model
     model: str = "convnet"
@@ -180,6 +187,22 @@ class RunConfig:
         _check(self, "amplitude_mix", 0 <= self.amplitude_mix <= 1, "in [0, 1]")
         _check(self, "synthesis_iterations", self.synthesis_iterations >= 0, "0 or more")
         _check(self, "synthesis_lr", self.synthesis_lr > 0, "positive")
+        _check(self, "quantity_sigma",
+               math.isfinite(self.quantity_sigma) and self.quantity_sigma >= 0,
+               "a finite number >= 0 (0 gives equal client sizes, 1 a strong size skew)")
+        _check(self, "quantity_exponent",
+               math.isfinite(self.quantity_exponent) and self.quantity_exponent > 0,
+               "a finite number > 0 (smaller values give a heavier tail of client sizes)")
+        _check(self, "feature_skew", self.feature_skew in get_args(FeatureSkew),
+               f"one of {', '.join(get_args(FeatureSkew))}")
+        _check(self, "feature_skew_strength",
+               math.isfinite(self.feature_skew_strength) and self.feature_skew_strength >= 0,
+               "a finite number >= 0 (the maximum rotation in degrees or noise std)")
+        _check(self, "feature_skew_strength",
+               self.feature_skew != "rotation" or self.feature_skew_strength <= 360,
+               "at most 360 degrees when feature-skew is 'rotation'")
+        _check(self, "feature_skew_levels", self.feature_skew_levels in get_args(FeatureSkewLevels),
+               f"one of {', '.join(get_args(FeatureSkewLevels))}")
         _check(self, "soft_label_temperature", self.soft_label_temperature > 0, "positive")
         _check(self, "latent_dtype", self.latent_dtype in get_args(LatentDtype),
                f"one of {', '.join(get_args(LatentDtype))}")

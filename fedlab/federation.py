@@ -7,11 +7,16 @@ from fedlab.data import FederatedData, PartitionParams, build_federated_data
 
 
 def partition_params(config: RunConfig) -> PartitionParams:
-    """Return the partitioner settings of a run."""
+    """Return the partitioner and feature-skew settings of a run."""
     return PartitionParams(
         alpha=config.alpha,
         min_partition_size=config.min_partition_size,
         shards_per_client=config.shards_per_client,
+        quantity_sigma=config.quantity_sigma,
+        quantity_exponent=config.quantity_exponent,
+        feature_skew=config.feature_skew,
+        feature_skew_strength=config.feature_skew_strength,
+        feature_skew_levels=config.feature_skew_levels,
     )
 
 

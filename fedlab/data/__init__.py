@@ -8,6 +8,13 @@ from fedlab.data.datasets import (
     ImageDataset,
     load_dataset,
 )
+from fedlab.data.feature_skew import (
+    FEATURE_SKEW_LEVELS,
+    FEATURE_SKEWS,
+    apply_feature_skew,
+    feature_skew_levels,
+    feature_skew_record,
+)
 from fedlab.data.federated import FederatedData, build_federated_data
 from fedlab.data.partition import (
     MANIFEST_FORMAT_VERSION,
@@ -15,6 +22,7 @@ from fedlab.data.partition import (
     PartitionManifest,
     PartitionParams,
     Partitioner,
+    heterogeneity_scalars,
     load_manifest,
     partition_summary,
     save_manifest,
@@ -23,6 +31,8 @@ from fedlab.data.splits import Splits, split_indices, stratified_subsample
 
 __all__ = [
     "DATASETS",
+    "FEATURE_SKEWS",
+    "FEATURE_SKEW_LEVELS",
     "IMAGE_EXTENSIONS",
     "MANIFEST_FORMAT_VERSION",
     "PARTITIONERS",
@@ -34,7 +44,11 @@ __all__ = [
     "PartitionParams",
     "Partitioner",
     "Splits",
+    "apply_feature_skew",
     "build_federated_data",
+    "feature_skew_levels",
+    "feature_skew_record",
+    "heterogeneity_scalars",
     "load_dataset",
     "load_manifest",
     "partition_summary",

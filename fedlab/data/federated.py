@@ -5,11 +5,18 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fedlab.data.datasets import ImageDataset, load_dataset
-from fedlab.data.partition import PARTITIONERS, PartitionParams
+from fedlab.data.feature_skew import apply_feature_skew, feature_skew_record
+from fedlab.data.partition import (
+    PARTITIONERS,
+    PartitionParams,
+    heterogeneity_scalars,
+    partition_summary,
+)
 from fedlab.data.splits import split_indices, stratified_subsample
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,11 @@ class FederatedData:
         Sorted int64 indices into `train` that the clients share.
     partitions : list of numpy.ndarray
         Per client, sorted int64 indices into `train` (not into the pool).
+    params : PartitionParams
+        Settings the partitions were made with, including the feature skew that
+        `client_dataset` applies.
+    seed : int
+        Seed of the partitions and of the feature skew.
     """
 
     train: ImageDataset
@@ -43,19 +55,49 @@ class FederatedData:
     public: ImageDataset | None
     pool_indices: np.ndarray
     partitions: list[np.ndarray]
+    params: PartitionParams = PartitionParams()
+    seed: int = 0
 
     @property
     def num_partitions(self) -> int:
         """Number of clients."""
         return len(self.partitions)
 
+    @property
+    def feature_skew(self) -> dict[str, Any]:
+        """Feature-skew settings, unit and per-client levels, as saved in the manifest."""
+        return feature_skew_record(
+            self.params.feature_skew,
+            self.params.feature_skew_strength,
+            self.params.feature_skew_levels,
+            len(self.partitions),
+            self.seed,
+        )
+
     def client_dataset(self, partition_id: int) -> ImageDataset:
-        """Return the training samples of client `partition_id` as a dataset."""
+        """Return the training samples of client `partition_id`, with its feature skew applied."""
         if not 0 <= partition_id < len(self.partitions):
             raise ValueError(
                 f"partition_id must be in 0..{len(self.partitions) - 1}, got {partition_id}"
             )
-        return self.train.subset(self.partitions[partition_id])
+        samples = self.train.subset(self.partitions[partition_id])
+        level = self.feature_skew["levels"][partition_id]
+        return apply_feature_skew(
+            samples, self.params.feature_skew, level, self.seed, partition_id
+        )
+
+    def partition_summary(self) -> dict[str, Any]:
+        """Summarise the partitions' heterogeneity, feature skew included (see `partition_summary`)."""
+        return partition_summary(
+            self.train.labels.numpy(),
+            self.partitions,
+            self.train.num_classes,
+            feature_skew=self.feature_skew,
+        )
+
+    def heterogeneity(self) -> dict[str, Any]:
+        """Return the few scalars of `partition_summary` saved in ``results.json``."""
+        return heterogeneity_scalars(self.partition_summary())
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,7 +141,7 @@ def build_federated_data(
     seed : int
         Non-negative seed for the splits, the pool cap and the partitioner.
     params : PartitionParams
-        Partitioner settings.
+        Partitioner and feature-skew settings.
 
     Returns
     -------
@@ -137,10 +179,16 @@ def build_federated_data(
         pool = pool[stratified_subsample(labels[pool], max_pool_samples, seed)]
     parts = partition_fn(labels[pool], num_partitions, seed, params)
     partitions = [_read_only(pool[part]) for part in parts]
+    if params.feature_skew != "none" and params.feature_skew_strength == 0:
+        logger.warning(
+            "feature_skew=%r with feature_skew_strength=0 leaves every client's data "
+            "unchanged; set a strength > 0 to transform it",
+            params.feature_skew,
+        )
 
     logger.info(
         "federated data for %s: %d test, %d public, %d pool samples in %d %s partitions "
-        "(seed %d)",
+        "(seed %d, feature skew %s up to %g)",
         dataset,
         len(test),
         0 if public is None else len(public),
@@ -148,6 +196,8 @@ def build_federated_data(
         len(partitions),
         partitioner,
         seed,
+        params.feature_skew,
+        params.feature_skew_strength,
     )
     return FederatedData(
         train=train,
@@ -155,6 +205,8 @@ def build_federated_data(
         public=public,
         pool_indices=_read_only(pool),
         partitions=partitions,
+        params=params,
+        seed=seed,
     )
 
 

@@ -5,6 +5,12 @@ Every partitioner has the signature
 client, sorted int64 positions into `labels`. The partitions are disjoint, cover
 every position, hold at least ``params.min_partition_size`` samples each, and depend
 only on the labels, the number of partitions, the seed and the parameters.
+
+``dirichlet`` and ``shards`` skew the labels (and, for ``dirichlet``, the sizes too).
+``quantity-lognormal`` and ``quantity-powerlaw`` skew only the sizes: each client is a
+uniform random sample of the pool, so the two kinds of skew are separate partitioners
+and do not combine. Feature skew (``fedlab.data.feature_skew``) combines with every
+partitioner because it transforms each client's images after partitioning.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from fedlab.data.feature_skew import check_feature_skew, feature_skew_record
 from fedlab.data.splits import check_labels, check_seed
 from fedlab.registry import Registry
 
@@ -36,7 +43,11 @@ _MAX_DIRICHLET_DRAWS = 10
 
 @dataclass(frozen=True)
 class PartitionParams:
-    """Partitioner settings, frozen and hashable so they can be cache keys.
+    """Settings that decide each client's data, frozen and hashable so they can be cache keys.
+
+    The partitioners read the first five. The feature-skew settings act after
+    partitioning (`fedlab.data.FederatedData.client_dataset`), and they live here so
+    that the partition manifest records them with the partitions.
 
     Attributes
     ----------
@@ -47,11 +58,32 @@ class PartitionParams:
         Minimum number of samples per client, >= 0. Every partitioner honours it.
     shards_per_client : int
         Number of distinct classes per client for ``shards``, >= 1.
+    quantity_sigma : float
+        Standard deviation of the normal draws whose exponentials set the client
+        sizes for ``quantity-lognormal``, >= 0. 0 gives equal sizes, and larger
+        values give a wider size spread.
+    quantity_exponent : float
+        Tail index of the Pareto distribution of client sizes for
+        ``quantity-powerlaw``, > 0. Smaller values give heavier tails, so a few
+        clients get most samples.
+    feature_skew : str
+        Per-client input transform: ``none``, ``rotation`` or ``noise``.
+    feature_skew_strength : float
+        Maximum transform level, >= 0: degrees (at most 360) for ``rotation``, the
+        standard deviation of the noise on pixel values scaled to [0, 1] for ``noise``.
+    feature_skew_levels : str
+        ``even`` spreads client levels evenly from 0 to the strength, ``random``
+        draws them uniformly with the seed.
     """
 
     alpha: float = 0.1
     min_partition_size: int = 1
     shards_per_client: int = 2
+    quantity_sigma: float = 1.0
+    quantity_exponent: float = 1.5
+    feature_skew: str = "none"
+    feature_skew_strength: float = 0.0
+    feature_skew_levels: str = "even"
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, Real):
@@ -63,6 +95,21 @@ class PartitionParams:
             )
         _check_int("min_partition_size", self.min_partition_size, minimum=0)
         _check_int("shards_per_client", self.shards_per_client, minimum=1)
+        _check_real("quantity_sigma", self.quantity_sigma)
+        if not self.quantity_sigma >= 0:
+            raise ValueError(
+                f"quantity_sigma must be a finite number >= 0 (0 gives equal sizes, 1 a "
+                f"strong size skew), got {self.quantity_sigma}"
+            )
+        _check_real("quantity_exponent", self.quantity_exponent)
+        if not self.quantity_exponent > 0:
+            raise ValueError(
+                f"quantity_exponent must be a finite number > 0 (1.5 gives a few large "
+                f"clients, 10 nearly equal sizes), got {self.quantity_exponent}"
+            )
+        check_feature_skew(
+            self.feature_skew, self.feature_skew_strength, self.feature_skew_levels
+        )
 
 
 Partitioner = Callable[[np.ndarray, int, int, PartitionParams], list[np.ndarray]]
@@ -245,10 +292,96 @@ def partition_shards(
     return partitions
 
 
+@PARTITIONERS.register("quantity-lognormal")
+def partition_quantity_lognormal(
+    labels: np.ndarray, num_partitions: int, seed: int, params: PartitionParams
+) -> list[np.ndarray]:
+    """Give clients log-normal sizes, each client a uniform random sample of the labels.
+
+    Client ``i`` gets a weight ``exp(quantity_sigma * z_i)`` with ``z_i ~ N(0, 1)``,
+    and sizes follow the weights as described in `_quantity_sizes`. For a fixed seed
+    the draws ``z_i`` do not depend on ``quantity_sigma``, so a larger sigma spreads
+    the same clients further apart.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        1-D integer class labels, of which only the number matters here.
+    num_partitions : int
+        Number of clients, >= 1.
+    seed : int
+        Non-negative seed.
+    params : PartitionParams
+        Uses ``quantity_sigma`` and ``min_partition_size``.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Sorted int64 positions into `labels`, one array per client.
+
+    Raises
+    ------
+    ValueError
+        If ``num_partitions * min_partition_size`` exceeds the number of labels.
+    """
+    labels = _check_request(labels, num_partitions, seed, params)
+    rng = np.random.default_rng(seed)
+    log_weights = params.quantity_sigma * rng.standard_normal(num_partitions)
+    return _split_by_log_weights(len(labels), log_weights, params.min_partition_size, rng)
+
+
+@PARTITIONERS.register("quantity-powerlaw")
+def partition_quantity_powerlaw(
+    labels: np.ndarray, num_partitions: int, seed: int, params: PartitionParams
+) -> list[np.ndarray]:
+    """Give clients power-law (Pareto) sizes, each client a uniform random sample of the labels.
+
+    Client ``i`` gets a weight ``(1 - u_i) ** (-1 / quantity_exponent)`` with
+    ``u_i ~ U[0, 1)``, a Pareto draw with tail ``P(w > x) = x ** -quantity_exponent``
+    for ``x >= 1``. Sizes follow the weights as described in `_quantity_sizes`.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        1-D integer class labels, of which only the number matters here.
+    num_partitions : int
+        Number of clients, >= 1.
+    seed : int
+        Non-negative seed.
+    params : PartitionParams
+        Uses ``quantity_exponent`` and ``min_partition_size``.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Sorted int64 positions into `labels`, one array per client.
+
+    Raises
+    ------
+    ValueError
+        If ``num_partitions * min_partition_size`` exceeds the number of labels.
+    """
+    labels = _check_request(labels, num_partitions, seed, params)
+    rng = np.random.default_rng(seed)
+    log_weights = -np.log1p(-rng.random(num_partitions)) / params.quantity_exponent
+    return _split_by_log_weights(len(labels), log_weights, params.min_partition_size, rng)
+
+
 def partition_summary(
-    labels: np.ndarray, partitions: Sequence[np.ndarray], num_classes: int
+    labels: np.ndarray,
+    partitions: Sequence[np.ndarray],
+    num_classes: int,
+    feature_skew: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Count samples and classes per partition.
+    """Summarise how heterogeneous the partitions are: sizes, classes and label skew.
+
+    Label skew is the earth mover's distance (EMD) between each client's label
+    distribution ``q`` and the label distribution ``p`` of all partitions together.
+    Labels are categories with no order, so the ground distance is 0/1 (moving mass
+    between any two different classes costs 1). Under that ground distance the EMD
+    equals the total variation distance ``0.5 * sum(|q - p|)``, which lies in [0, 1]:
+    0 when the client has the global label mix, close to 1 when it contains only a
+    class that is rare globally. The L1 distance ``sum(|q - p|)`` is twice this value.
 
     Parameters
     ----------
@@ -258,14 +391,28 @@ def partition_summary(
         Indices into `labels`, one array per client.
     num_classes : int
         Number of classes, so labels must lie in ``0..num_classes-1``.
+    feature_skew : dict or None
+        Per-client input transform from `fedlab.data.feature_skew.feature_skew_record`,
+        copied into the summary under ``"feature_skew"`` when given.
 
     Returns
     -------
     dict
-        JSON-serialisable summary with keys ``num_partitions``, ``num_samples``,
-        ``sizes`` (per client), ``class_counts`` (per client, a list of
-        `num_classes` counts), ``classes_per_partition`` (distinct classes per
-        client), ``min_size``, ``max_size`` and ``mean_classes_per_partition``.
+        JSON-serialisable summary with keys
+
+        - ``num_partitions``, ``num_samples``;
+        - ``sizes`` (per client), ``min_size``, ``max_size``, ``mean_size`` and
+          ``size_cv``, the coefficient of variation of the sizes (population standard
+          deviation over the mean, 0 when there are no samples);
+        - ``class_counts`` (per client, a list of `num_classes` counts),
+          ``classes_per_partition`` (distinct classes per client),
+          ``mean_classes_per_partition``, ``min_classes_per_partition`` and
+          ``max_classes_per_partition``;
+        - ``global_label_distribution`` (`num_classes` fractions), ``label_emd`` (per
+          client, None for an empty client, which has no label distribution),
+          ``mean_label_emd`` and ``max_label_emd`` over the non-empty clients, and
+          ``label_emd_ground_distance`` (``"0/1"``);
+        - ``feature_skew`` when `feature_skew` is given.
     """
     labels = check_labels(labels)
     _check_int("num_classes", num_classes, minimum=1)
@@ -281,7 +428,10 @@ def partition_summary(
     sizes = class_counts.sum(axis=1)
     classes_per_partition = (class_counts > 0).sum(axis=1)
     empty = len(partitions) == 0
-    return {
+    global_distribution, label_emd = _label_emd(class_counts)
+    known_emd = [value for value in label_emd if value is not None]
+    mean_size = 0.0 if empty else float(sizes.mean())
+    summary: dict[str, Any] = {
         "num_partitions": len(partitions),
         "num_samples": int(sizes.sum()),
         "sizes": sizes.tolist(),
@@ -289,7 +439,43 @@ def partition_summary(
         "classes_per_partition": classes_per_partition.tolist(),
         "min_size": 0 if empty else int(sizes.min()),
         "max_size": 0 if empty else int(sizes.max()),
+        "mean_size": mean_size,
+        "size_cv": float(sizes.std() / mean_size) if mean_size > 0 else 0.0,
         "mean_classes_per_partition": 0.0 if empty else float(classes_per_partition.mean()),
+        "min_classes_per_partition": 0 if empty else int(classes_per_partition.min()),
+        "max_classes_per_partition": 0 if empty else int(classes_per_partition.max()),
+        "global_label_distribution": global_distribution.tolist(),
+        "label_emd": label_emd,
+        "mean_label_emd": float(np.mean(known_emd)) if known_emd else 0.0,
+        "max_label_emd": float(np.max(known_emd)) if known_emd else 0.0,
+        "label_emd_ground_distance": "0/1",
+    }
+    if feature_skew is not None:
+        summary["feature_skew"] = dict(feature_skew)
+    return summary
+
+
+def heterogeneity_scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    """Select the few numbers of a `partition_summary` that compare runs at a glance.
+
+    Returns
+    -------
+    dict
+        ``mean_label_emd``, ``max_label_emd``, ``mean_classes_per_client``,
+        ``size_cv``, and from ``summary["feature_skew"]`` (``none`` and 0 when the
+        summary has none) ``feature_skew``, ``feature_skew_strength`` and
+        ``feature_skew_mean_level``.
+    """
+    feature_skew = summary.get("feature_skew") or {}
+    levels = feature_skew.get("levels") or []
+    return {
+        "mean_label_emd": summary["mean_label_emd"],
+        "max_label_emd": summary["max_label_emd"],
+        "mean_classes_per_client": summary["mean_classes_per_partition"],
+        "size_cv": summary["size_cv"],
+        "feature_skew": feature_skew.get("kind", "none"),
+        "feature_skew_strength": float(feature_skew.get("strength", 0.0)),
+        "feature_skew_mean_level": float(np.mean(levels)) if levels else 0.0,
     }
 
 
@@ -327,6 +513,10 @@ def save_manifest(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write the partitions and their settings to a JSON file atomically.
+
+    Besides the partitions and `params`, the file records the per-client feature-skew
+    levels under ``"feature_skew"`` (see `fedlab.data.feature_skew.feature_skew_record`),
+    which follow from `params`, the seed and the number of partitions.
 
     The JSON goes to a temporary file in the destination folder, which then replaces
     `path` with ``os.replace``, so readers see either the old file or the complete
@@ -366,6 +556,13 @@ def save_manifest(
         "num_partitions": len(partitions),
         "sizes": [len(part) for part in partitions],
         "partitions": [np.asarray(part, dtype=np.int64).tolist() for part in partitions],
+        "feature_skew": feature_skew_record(
+            params.feature_skew,
+            params.feature_skew_strength,
+            params.feature_skew_levels,
+            len(partitions),
+            int(seed),
+        ),
         "extra": extra,
     }
     try:
@@ -457,6 +654,30 @@ def _check_request(
             f"{params.min_partition_size} exceeds the {len(labels)} samples. Lower either value"
         )
     return labels
+
+
+def _label_emd(class_counts: np.ndarray) -> tuple[np.ndarray, list[float | None]]:
+    """Return the global label distribution and each client's EMD (0/1 ground distance) to it."""
+    total = class_counts.sum(axis=0)
+    num_samples = int(total.sum())
+    if num_samples == 0:
+        return np.zeros(class_counts.shape[1]), [None] * len(class_counts)
+    global_distribution = total / num_samples
+    distances: list[float | None] = []
+    for counts in class_counts:
+        size = int(counts.sum())
+        if size == 0:
+            distances.append(None)
+            continue
+        distances.append(float(0.5 * np.abs(counts / size - global_distribution).sum()))
+    return global_distribution, distances
+
+
+def _check_real(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:
@@ -560,6 +781,53 @@ def _assign_classes(
     return holders
 
 
+def _quantity_sizes(num_samples: int, log_weights: np.ndarray, minimum: int) -> np.ndarray:
+    """Turn client weights into integer sizes that sum to `num_samples`, each >= `minimum`.
+
+    The real-valued sizes are ``max(minimum, scale * w_i)``, with the one `scale` that
+    makes them sum to `num_samples`. Clients above the minimum therefore keep the
+    ratios of their weights. Largest-remainder rounding then makes the sizes integers.
+    Requires ``len(log_weights) * minimum <= num_samples``.
+    """
+    # Weights relative to the largest one cannot overflow, even for a large sigma.
+    weights = np.exp(log_weights - log_weights.max())
+    num_clients = len(weights)
+
+    # 1. Find the scale. If the k smallest weights sit at the minimum, the rest share
+    # num_samples - k * minimum in proportion to their weights. The solution uses the
+    # first k for which the (k+1)-th smallest client ends up at or above the minimum.
+    # Such a k exists: k = num_clients - 1 qualifies because the largest weight is 1
+    # and num_samples - (num_clients - 1) * minimum >= minimum.
+    ascending = np.sort(weights)
+    weight_left = np.cumsum(ascending[::-1])[::-1]
+    for clamped in range(num_clients):
+        scale = (num_samples - clamped * minimum) / weight_left[clamped]
+        if scale * ascending[clamped] >= minimum:
+            break
+    exact = np.maximum(float(minimum), scale * weights)
+
+    # 2. Round down, then give the samples left over to the largest fractional parts.
+    sizes = np.floor(exact).astype(np.int64)
+    leftover = num_samples - int(sizes.sum())
+    by_fraction = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    if leftover > 0:
+        sizes[by_fraction[:leftover]] += 1
+    while leftover < 0:
+        # Rounding error can only push the floors a sample or two over the total.
+        largest = int(np.argmax(sizes))
+        sizes[largest] -= 1
+        leftover += 1
+    return sizes
+
+
+def _split_by_log_weights(
+    num_samples: int, log_weights: np.ndarray, minimum: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    sizes = _quantity_sizes(num_samples, log_weights, minimum)
+    order = rng.permutation(num_samples).astype(np.int64)
+    return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
+
+
 def _owners_to_partitions(owners: np.ndarray, num_partitions: int) -> list[np.ndarray]:
     # A stable sort by owner keeps each client's indices in ascending order.
     order = np.argsort(owners, kind="stable").astype(np.int64)
@@ -573,9 +841,12 @@ __all__ = [
     "PartitionManifest",
     "PartitionParams",
     "Partitioner",
+    "heterogeneity_scalars",
     "load_manifest",
     "partition_dirichlet",
     "partition_iid",
+    "partition_quantity_lognormal",
+    "partition_quantity_powerlaw",
     "partition_shards",
     "partition_summary",
     "save_manifest",
