@@ -100,8 +100,12 @@ class RunConfig:
     late_fraction: float = 0.0
     late_seconds: float = 30.0
     fault_plan: str = ""
+    # Noise added to uploaded latents. The scale is relative to the standard deviation of
+    # all the latents one client uploads: the Gaussian's standard deviation, or the Laplace
+    # scale parameter b, is latent_noise_scale times that standard deviation.
     latent_noise: LatentNoise = "none"
     latent_noise_scale: float = 0.0
+    # PSNR and SSIM of each decoded distillate against its nearest same-class local image.
     privacy_report: bool = True
 
     @classmethod
