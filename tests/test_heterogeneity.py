@@ -26,7 +26,7 @@ from fedlab.data import (
     save_manifest,
 )
 from fedlab.data.partition import _quantity_sizes
-from fedlab.federation import partition_params
+from fedlab.federation import federated_data, partition_params
 
 QUANTITY_PARTITIONERS = ["quantity-lognormal", "quantity-powerlaw"]
 
@@ -422,6 +422,21 @@ def test_feature_skew_leaves_test_set() -> None:
         assert plain.public is not None
         assert torch.equal(data.public.images, plain.public.images)
         assert torch.equal(data.train.images, plain.train.images)
+
+
+def test_client_app_data_is_rotated() -> None:
+    from fedlab.client_app import ClientData
+
+    config = RunConfig(
+        dataset="digits", partitioner="iid", num_clients=3, max_pool_samples=300,
+        feature_skew="rotation", feature_skew_strength=90.0,
+    )
+    data = federated_data(config)
+
+    client = ClientData(config, partition_id=2)
+
+    original = data.train.subset(data.partitions[2]).float_images()
+    assert torch.equal(client.images.cpu(), torch.rot90(original, 1, dims=(-2, -1)))
 
 
 def test_zero_strength_logs_warning(caplog: pytest.LogCaptureFixture) -> None:
