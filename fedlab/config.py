@@ -169,6 +169,22 @@ class RunConfig:
         _check(self, "alpha", self.alpha > 0 and math.isfinite(self.alpha), "a finite number > 0")
         _check(self, "min_partition_size", self.min_partition_size >= 0, "0 or more")
         _check(self, "shards_per_client", self.shards_per_client >= 1, "at least 1")
+        _check(self, "quantity_sigma",
+               math.isfinite(self.quantity_sigma) and self.quantity_sigma >= 0,
+               "a finite number >= 0 (0 gives equal client sizes, 1 a strong size skew)")
+        _check(self, "quantity_exponent",
+               math.isfinite(self.quantity_exponent) and self.quantity_exponent > 0,
+               "a finite number > 0 (smaller values give a heavier tail of client sizes)")
+        _check(self, "feature_skew", self.feature_skew in get_args(FeatureSkew),
+               f"one of {', '.join(get_args(FeatureSkew))}")
+        _check(self, "feature_skew_strength",
+               math.isfinite(self.feature_skew_strength) and self.feature_skew_strength >= 0,
+               "a finite number >= 0 (the maximum rotation in degrees or noise std)")
+        _check(self, "feature_skew_strength",
+               self.feature_skew != "rotation" or self.feature_skew_strength <= 360,
+               "at most 360 degrees when feature-skew is 'rotation'")
+        _check(self, "feature_skew_levels", self.feature_skew_levels in get_args(FeatureSkewLevels),
+               f"one of {', '.join(get_args(FeatureSkewLevels))}")
         _check(self, "model_width", self.model_width >= 1, "at least 1")
         _check(self, "model_depth", self.model_depth >= 1, "at least 1")
         _check(self, "local_epochs", self.local_epochs >= 1, "at least 1")
@@ -191,22 +207,6 @@ class RunConfig:
         _check(self, "amplitude_mix", 0 <= self.amplitude_mix <= 1, "in [0, 1]")
         _check(self, "synthesis_iterations", self.synthesis_iterations >= 0, "0 or more")
         _check(self, "synthesis_lr", self.synthesis_lr > 0, "positive")
-        _check(self, "quantity_sigma",
-               math.isfinite(self.quantity_sigma) and self.quantity_sigma >= 0,
-               "a finite number >= 0 (0 gives equal client sizes, 1 a strong size skew)")
-        _check(self, "quantity_exponent",
-               math.isfinite(self.quantity_exponent) and self.quantity_exponent > 0,
-               "a finite number > 0 (smaller values give a heavier tail of client sizes)")
-        _check(self, "feature_skew", self.feature_skew in get_args(FeatureSkew),
-               f"one of {', '.join(get_args(FeatureSkew))}")
-        _check(self, "feature_skew_strength",
-               math.isfinite(self.feature_skew_strength) and self.feature_skew_strength >= 0,
-               "a finite number >= 0 (the maximum rotation in degrees or noise std)")
-        _check(self, "feature_skew_strength",
-               self.feature_skew != "rotation" or self.feature_skew_strength <= 360,
-               "at most 360 degrees when feature-skew is 'rotation'")
-        _check(self, "feature_skew_levels", self.feature_skew_levels in get_args(FeatureSkewLevels),
-               f"one of {', '.join(get_args(FeatureSkewLevels))}")
         _check(self, "soft_label_temperature", self.soft_label_temperature > 0, "positive")
         _check(self, "latent_dtype", self.latent_dtype in get_args(LatentDtype),
                f"one of {', '.join(get_args(LatentDtype))}")
