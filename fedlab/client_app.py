@@ -42,12 +42,14 @@ from fedlab.payload import (
     metrics_record,
     model_to_record,
 )
+from fedlab.placement import placement_mod
 from fedlab.privacy import NOISE_ABSOLUTE_SCALE, add_latent_noise, measure_privacy
 from fedlab.training import limit_torch_threads, seeded_generator, select_device, train_classifier
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+# The placement mod pins every handler to its share of the GPU and reports where it ran.
+app = ClientApp(mods=[placement_mod])
 
 # Purposes mixed into the client's seeds so that each random stream is independent.
 _SEED_MODEL, _SEED_TRAIN, _SEED_DISTILL, _SEED_LATENT_NOISE = 1, 2, 3, 4

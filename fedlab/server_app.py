@@ -20,6 +20,7 @@ from fedlab.faults import assigned_faults
 from fedlab.federation import federated_data, partition_params
 from fedlab.launch import RESULTS_MARKER
 from fedlab.payload import model_upload_bytes
+from fedlab.placement import placement_results
 from fedlab.privacy import privacy_results
 from fedlab.results import make_run_dir, save_model, summarize_client_seconds, write_json
 from fedlab.server_run import REJECTED, ServerRun
@@ -114,6 +115,7 @@ def build_results(
         },
         **outcome.extra,
         **privacy_results(config, server.client_metrics, server.node_partitions),
+        **placement_results(server.client_metrics, server.node_partitions),
         "clients": [
             {
                 "node_id": node,
