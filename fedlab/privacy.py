@@ -144,10 +144,12 @@ def nearest_same_class(
             f"expected one class id per distillate ({len(distillates)}) and one label per image "
             f"({len(images)}), got {len(class_ids)} and {len(labels)}"
         )
-    flat_distillates = distillates.detach().flatten(1).double().cpu()
-    flat_images = images.detach().flatten(1).double().cpu()
-    class_ids, labels = class_ids.cpu(), labels.cpu()
-    nearest = torch.empty(len(distillates), dtype=torch.int64)
+    # The search runs in float32 on the images' device, one class at a time, so that no
+    # float64 copy of a client's images is made.
+    device = images.device
+    distillates = distillates.detach().to(device)
+    class_ids, labels = class_ids.to(device), labels.to(device)
+    nearest = torch.empty(len(distillates), dtype=torch.int64, device=device)
     for cls in torch.unique(class_ids).tolist():
         rows = torch.nonzero(class_ids == cls).squeeze(1)
         candidates = torch.nonzero(labels == cls).squeeze(1)
@@ -156,9 +158,11 @@ def nearest_same_class(
                 f"distillates of class {cls} have no real image of that class to compare with; "
                 "pass the client's own images and labels"
             )
-        distances = torch.cdist(flat_distillates[rows], flat_images[candidates])
+        distances = torch.cdist(
+            distillates[rows].flatten(1).float(), images.detach()[candidates].flatten(1).float()
+        )
         nearest[rows] = candidates[distances.argmin(dim=1)]
-    return nearest
+    return nearest.cpu()
 
 
 def psnr(first: np.ndarray, second: np.ndarray, data_range: float = 1.0) -> float:
