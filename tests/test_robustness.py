@@ -154,17 +154,18 @@ def test_killed_server_resumes_to_the_same_accuracy(
 
 
 def test_failed_and_late_clients_are_named(tmp_path: Path, cache_dir: Path) -> None:
+    # The simulation ends only when the late client's sleep does, so it is kept short.
     values = {
         "strategy": "fedavg",
         "num-clients": 10,
         "partitioner": "iid",
         "max-pool-samples": 900,
         "model-width": 32,
-        "local-epochs": 2,
+        "local-epochs": 10,
         "fail-fraction": 0.3,
         "late-fraction": 0.1,
-        "late-seconds": 1200.0,
-        "reply-timeout": 120.0,
+        "late-seconds": 100.0,
+        "reply-timeout": 90.0,
         "node-wait-seconds": 60.0,
     }
     results = complete_run(values, tmp_path / "outputs", cache_dir)
@@ -180,5 +181,5 @@ def test_failed_and_late_clients_are_named(tmp_path: Path, cache_dir: Path) -> N
     named = sorted(int(e["reason"].split("partition ")[1].split()[0]) for e in by_kind["failed"])
     assert named == failing
     assert len(by_kind["timed-out"]) == 1
-    assert "reply-timeout=120" in by_kind["timed-out"][0]["reason"]
-    assert results["test_accuracy"] > 0.3  # six clients' models averaged; chance is 0.1
+    assert "reply-timeout=90" in by_kind["timed-out"][0]["reason"]
+    assert results["test_accuracy"] > 0.2  # six clients' models averaged once; chance is 0.1
