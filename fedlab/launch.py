@@ -128,26 +128,31 @@ class LocalSuperLink:
 
 
     def stop(self, grace_seconds: float = 15.0) -> None:
-        """Stop the SuperLink and every process it started, by process id.
+        """Stop the SuperLink and every process it started, by process id."""
+        stop_process_tree(self.process, grace_seconds)
 
-        The SuperLink starts SuperExec in a new session, and SuperExec starts the
-        simulation and Ray, so a process-group signal would miss them: the descendants
-        are collected from ``/proc`` before anything is signalled.
-        """
-        pids = [self.process.pid, *descendant_pids(self.process.pid)]
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=grace_seconds)
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids[1:]):
-            time.sleep(0.2)
-        for pid in pids:
-            if _alive(pid):
-                logger.warning("process %s did not stop after SIGTERM; sending SIGKILL", pid)
-                _signal(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+
+def stop_process_tree(process: subprocess.Popen[bytes], grace_seconds: float = 15.0) -> None:
+    """Stop `process` and all its descendants by process id: SIGTERM, then SIGKILL.
+
+    Flower's SuperLink and SuperNode start SuperExec in a new session, and SuperExec
+    starts the ServerApp, ClientApp or simulation, so a process-group signal would miss
+    them: the descendants are collected from ``/proc`` before anything is signalled.
+    """
+    pids = [process.pid, *descendant_pids(process.pid)]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_seconds)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids[1:]):
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            logger.warning("process %s did not stop after SIGTERM; sending SIGKILL", pid)
+            _signal(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
 def descendant_pids(root: int) -> list[int]:
