@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):
+    # Run as a script: make `benchmarks` importable from the project folder.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.suite import FEDLAB, PROJECT_DIR, run_fedlab  # noqa: E402
+
 RESULTS_DIR = PROJECT_DIR / "benchmarks" / "results"
 RUNS_FILE = RESULTS_DIR / "readme_runs.jsonl"
 TABLE_FILE = RESULTS_DIR / "readme_table.md"
@@ -39,7 +44,7 @@ ROWS = [
 
 def command_for(overrides: str) -> list[str]:
     return [
-        str(Path(sys.executable).parent / "fedlab"),
+        str(FEDLAB),
         "run",
         "--quiet",
         "--clients",
@@ -61,13 +66,10 @@ def load_done() -> dict[str, dict]:
 
 
 def run_row(name: str, overrides: str) -> dict:
-    command = command_for(overrides)
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_DIR, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"row {name!r} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
-    results_path = Path(result.stdout.strip().splitlines()[-1])
-    results = json.loads(results_path.read_text())
+    # A failed row raises CellFailed (a RuntimeError) with the run's error and stops the sweep.
+    results = run_fedlab(command_for(overrides))
+    results_path = Path(results["run_dir"]) / "results.json"
     return {
         "name": name,
         "command": f"fedlab run --clients {CLIENTS} --run-config \"{overrides}\"",
@@ -77,7 +79,7 @@ def run_row(name: str, overrides: str) -> dict:
         "wall_seconds": round(time.perf_counter() - start, 1),
         "results": str(results_path.relative_to(PROJECT_DIR)) if results_path.is_relative_to(PROJECT_DIR) else str(results_path),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU cores",
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores",
     }
 
 

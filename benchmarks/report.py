@@ -1,0 +1,264 @@
+"""Tables and plots of a benchmark results file (the CSV that :mod:`benchmarks.suite` writes).
+
+Only rows with status ``ok`` enter the figures. Means and standard deviations are over seeds:
+the standard deviation is the sample one (``ddof=1``) and is left out when a cell has a single
+seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # the Agg backend writes image files and needs no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmarks.suite import OK  # noqa: E402
+
+# Columns that identify a cell apart from its seed.
+GROUP_COLUMNS = ("method", "dataset", "model", "partition", "num_clients")
+
+PLOT_FILES = {
+    "alpha": "accuracy_vs_alpha.png",
+    "clients": "accuracy_vs_clients.png",
+    "upload": "accuracy_vs_upload.png",
+}
+
+
+def seed_statistics(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per cell without its seed: mean, std and count of accuracy, mean upload and time.
+
+    Failed rows are counted in ``failed`` and left out of every other figure.
+    """
+    frame = frame.copy()
+    frame["ok"] = frame["status"] == OK
+    grouped = frame.groupby(list(GROUP_COLUMNS), sort=False, dropna=False)
+    stats = grouped.apply(_cell_statistics, include_groups=False)
+    return stats.reset_index()
+
+
+def _cell_statistics(rows: pd.DataFrame) -> pd.Series:
+    ok = rows[rows["ok"]]
+    accuracy = pd.to_numeric(ok["test_accuracy"], errors="coerce")
+    return pd.Series(
+        {
+            "accuracy_mean": accuracy.mean(),
+            "accuracy_std": accuracy.std(ddof=1) if len(accuracy) > 1 else float("nan"),
+            "seeds": int(accuracy.notna().sum()),
+            "failed": int((~rows["ok"]).sum()),
+            "upload_bytes_per_client": pd.to_numeric(ok["upload_bytes_per_client"], errors="coerce").mean(),
+            "model_bytes": pd.to_numeric(ok["model_bytes"], errors="coerce").mean(),
+            "wall_seconds": pd.to_numeric(ok["wall_seconds"], errors="coerce").mean(),
+        }
+    )
+
+
+def format_mean_std(mean: float, std: float, seeds: int, expected_seeds: int, failed: int) -> str:
+    """Format one table cell: ``0.912 ± 0.013``, with the seed count when seeds are missing."""
+    if seeds == 0:
+        return "failed" if failed else "-"
+    text = f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+    if seeds < expected_seeds:
+        text += f" (n={seeds})"
+    return text
+
+
+def markdown_tables(
+    frame: pd.DataFrame,
+    methods: Sequence[str],
+    partitions: Sequence[str],
+    expected_seeds: int,
+) -> str:
+    """Return markdown tables of test accuracy, one per dataset, model and client count.
+
+    Rows are `methods`, in that order; columns are `partitions` (alpha values and IID), in
+    that order. Each entry is the mean ± sample standard deviation over seeds. A method or
+    partition without rows in `frame` is left out.
+    """
+    stats = seed_statistics(frame)
+    sections = []
+    for (dataset, model, clients), block in stats.groupby(["dataset", "model", "num_clients"], sort=False):
+        present_partitions = [p for p in partitions if p in set(block["partition"])]
+        present_methods = [m for m in methods if m in set(block["method"])]
+        lines = [
+            f"#### {dataset}, {model}, {clients} clients",
+            "",
+            "| method | " + " | ".join(present_partitions) + " |",
+            "|---|" + "---|" * len(present_partitions),
+        ]
+        for method in present_methods:
+            entries = []
+            for partition in present_partitions:
+                match = block[(block["method"] == method) & (block["partition"] == partition)]
+                if match.empty:
+                    entries.append("-")
+                    continue
+                row = match.iloc[0]
+                entries.append(
+                    format_mean_std(row["accuracy_mean"], row["accuracy_std"], int(row["seeds"]), expected_seeds,
+                                    int(row["failed"]))
+                )
+            lines.append(f"| {method} | " + " | ".join(entries) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
+
+
+def cost_table(frame: pd.DataFrame, methods: Sequence[str]) -> str:
+    """Return a markdown table of upload per client and wall time per method and dataset.
+
+    Upload is the mean over successful runs of ``upload_bytes_per_client`` in kilobytes
+    (1 KB = 1000 bytes); the wall time is the mean time of one whole `fedlab run`.
+    """
+    ok = frame[frame["status"] == OK].copy()
+    for column in ("upload_bytes_per_client", "model_bytes", "wall_seconds"):
+        ok[column] = pd.to_numeric(ok[column], errors="coerce")
+    lines = [
+        "| method | dataset | upload per client (KB) | upload / model | wall time per run (s) | runs | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        for dataset in dict.fromkeys(frame["dataset"]):
+            rows = ok[(ok["method"] == method) & (ok["dataset"] == dataset)]
+            failed = int(((frame["method"] == method) & (frame["dataset"] == dataset) & (frame["status"] != OK)).sum())
+            if rows.empty and not failed:
+                continue
+            if rows.empty:
+                lines.append(f"| {method} | {dataset} | - | - | - | 0 | {failed} |")
+                continue
+            upload = rows["upload_bytes_per_client"].mean()
+            ratio = upload / rows["model_bytes"].mean()
+            lines.append(
+                f"| {method} | {dataset} | {upload / 1000:.1f} | {ratio:.3f} | "
+                f"{rows['wall_seconds'].mean():.0f} | {len(rows)} | {failed} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------
+
+
+def write_plots(
+    frame: pd.DataFrame, out_dir: Path, methods: Sequence[str], partitions: Sequence[str]
+) -> dict[str, Path]:
+    """Write the three plots as PNG files into `out_dir` and return their paths by kind."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = seed_statistics(frame)
+    stats = stats[stats["seeds"] > 0]
+    methods = [m for m in methods if m in set(stats["method"])]
+    partitions = [p for p in partitions if p in set(stats["partition"])]
+    paths = {kind: out_dir / name for kind, name in PLOT_FILES.items()}
+    _plot_against_partition(stats, methods, partitions, paths["alpha"])
+    _plot_against_clients(stats, methods, partitions, paths["clients"])
+    _plot_against_upload(stats, methods, paths["upload"])
+    return paths
+
+
+def _facets(stats: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Split the statistics by dataset, and by model when the grid has several models."""
+    by_model = stats["model"].nunique() > 1
+    keys = ["dataset", "model"] if by_model else ["dataset"]
+    return [(" / ".join(map(str, key if isinstance(key, tuple) else (key,))), block)
+            for key, block in stats.groupby(keys, sort=False)]
+
+
+def _subplots(count: int, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]:
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.6 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for unused in flat[count:]:
+        unused.set_visible(False)
+    return figure, flat[:count]
+
+
+def _plot_against_partition(stats: pd.DataFrame, methods: Sequence[str], partitions: Sequence[str], path: Path) -> None:
+    """Plot accuracy against the partition (alpha values, then IID) at the most common client count."""
+    facets = _facets(stats)
+    figure, axes = _subplots(max(len(facets), 1))
+    positions = {partition: i for i, partition in enumerate(partitions)}
+    for axis, (title, block) in zip(axes, facets, strict=False):
+        clients = int(block["num_clients"].mode().iloc[0])
+        block = block[block["num_clients"] == clients]
+        for method in methods:
+            rows = block[block["method"] == method].copy()
+            if rows.empty:
+                continue
+            rows["x"] = rows["partition"].map(positions)
+            rows = rows.sort_values("x")
+            axis.errorbar(rows["x"], rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
+                          marker="o", capsize=3, label=method)
+        axis.set_xticks(range(len(partitions)), partitions, rotation=30, ha="right")
+        axis.set_title(f"{title}, {clients} clients")
+        axis.set_xlabel("label skew (Dirichlet alpha) or IID")
+        axis.set_ylabel("test accuracy")
+        axis.grid(alpha=0.3)
+    _finish(figure, axes, path)
+
+
+def _plot_against_clients(stats: pd.DataFrame, methods: Sequence[str], partitions: Sequence[str], path: Path) -> None:
+    """Plot accuracy against the client count, one panel per dataset and partition."""
+    panels = [(f"{title}, {partition}", block[block["partition"] == partition])
+              for title, block in _facets(stats) for partition in partitions
+              if (block["partition"] == partition).any()]
+    figure, axes = _subplots(max(len(panels), 1))
+    for axis, (title, block) in zip(axes, panels, strict=False):
+        for method in methods:
+            rows = block[block["method"] == method].sort_values("num_clients")
+            if rows.empty:
+                continue
+            axis.errorbar(rows["num_clients"], rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
+                          marker="o", capsize=3, label=method)
+        counts = sorted(block["num_clients"].unique())
+        axis.set_xticks(counts)
+        axis.set_title(title if len(counts) > 1 else f"{title} (one client count)")
+        axis.set_xlabel("clients")
+        axis.set_ylabel("test accuracy")
+        axis.grid(alpha=0.3)
+    _finish(figure, axes, path)
+
+
+def _plot_against_upload(stats: pd.DataFrame, methods: Sequence[str], path: Path) -> None:
+    """Plot accuracy against upload bytes per client (log scale), one point per cell mean over seeds."""
+    facets = _facets(stats)
+    figure, axes = _subplots(max(len(facets), 1))
+    for axis, (title, block) in zip(axes, facets, strict=False):
+        for method in methods:
+            rows = block[block["method"] == method]
+            if rows.empty:
+                continue
+            axis.scatter(rows["upload_bytes_per_client"], rows["accuracy_mean"], label=method, alpha=0.8)
+        model_bytes = block["model_bytes"].dropna()
+        if not model_bytes.empty:
+            axis.axvline(model_bytes.mean(), color="grey", linestyle=":", linewidth=1, label="one model upload")
+        axis.set_xscale("log")
+        axis.set_title(title)
+        axis.set_xlabel("upload per client (bytes, log scale)")
+        axis.set_ylabel("test accuracy")
+        axis.grid(alpha=0.3, which="both")
+    _finish(figure, axes, path)
+
+
+def _finish(figure: plt.Figure, axes: Sequence[plt.Axes], path: Path) -> None:
+    handles, labels = {}, []
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    bottom = 0.0
+    if handles:
+        columns = min(len(labels), 4)
+        figure.legend([handles[label] for label in labels], labels, loc="lower center",
+                      ncol=columns, frameon=False)
+        # Room for the legend: about 0.3 inch per legend row plus a margin.
+        legend_rows = -(-len(labels) // columns)
+        bottom = min(0.5, (0.3 * legend_rows + 0.15) / figure.get_figheight())
+    figure.tight_layout(rect=(0, bottom, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
