@@ -1,5 +1,5 @@
-"""Command-line entry point: ``fedlab run``, ``fedlab pretrain-autoencoder``, ``fedlab list``,
-``fedlab prepare-device-data`` and ``fedlab generate-credentials``."""
+"""Command-line entry point: ``fedlab run``, ``fedlab pretrain-autoencoder``, ``fedlab resume``,
+``fedlab list``, ``fedlab prepare-device-data`` and ``fedlab generate-credentials``."""
 
 from __future__ import annotations
 

@@ -271,7 +271,7 @@ def test_client_data_without_node_config_names_both_ways() -> None:
         ClientData.from_context(context_for({}))
 
 
-def test_client_data_partition_way_still_works() -> None:
+def test_client_data_reads_partition() -> None:
     client = ClientData.from_context(context_for({"partition-id": 1, "num-partitions": 3}))
     expected = federated_data(DIGITS).client_dataset(1)
     assert client.partition_id == 1
