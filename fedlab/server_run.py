@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 
 from fedlab.config import RunConfig
 from fedlab.data import FederatedData
+from fedlab.dispatch import POLL_SECONDS, WindowedGrid, exchange, windowed
 from fedlab.models import Classifier, build_model
 from fedlab.payload import (
     ARRAYS_KEY,
@@ -81,8 +82,12 @@ class ServerRun:
     phase_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     client_metrics: dict[int, dict[str, float | int]] = field(default_factory=dict)
     extra_results: dict[str, object] = field(default_factory=dict)
-    poll_seconds: float = 0.5
+    poll_seconds: float = POLL_SECONDS
     _model_reference: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            self.grid = windowed(self.grid, self.config.max_in_flight)
 
     # Nodes -------------------------------------------------------------------------------
 
@@ -139,6 +144,8 @@ class ServerRun:
         that have not answered within ``reply-timeout`` as timed out; each gets one logged
         line. `on_accept` runs on every accepted reply right away (to store it before the
         others arrive). Upload bytes are counted from the serialized records of each reply.
+        In a simulation at most ``max-in-flight`` messages are in flight, and the next one
+        is sent when a reply arrives (:mod:`fedlab.dispatch`).
 
         Raises
         ------
@@ -147,29 +154,26 @@ class ServerRun:
         """
         grid = self._require_grid()
         messages = []
+        sizes: dict[int, int] = {}  # serialized size by id() of the content: one shared content is measured once
         for node_id in node_ids:
             content = content_for(node_id)
-            self.download_bytes[node_id] += record_bytes(content)
+            if id(content) not in sizes:
+                sizes[id(content)] = record_bytes(content)
+            self.download_bytes[node_id] += sizes[id(content)]
             messages.append(Message(content=content, dst_node_id=node_id, message_type=message_type))
-        pending = set(grid.push_messages(messages))
-        logger.info("Sent %s '%s' messages", len(messages), message_type)
-        del messages
+        logger.info("Sending %s '%s' messages", len(messages), message_type)
 
         accepted: list[Message] = []
         answered: set[int] = set()
         deadline = time.monotonic() + self.config.reply_timeout
-        while pending:
-            for reply in grid.pull_messages(list(pending)):
-                pending.discard(reply.metadata.reply_to_message_id)
-                answered.add(reply.metadata.src_node_id)
-                if self._accept(reply, message_type, check):
-                    accepted.append(reply)
-                    if on_accept is not None:
-                        on_accept(reply)
-            if pending and time.monotonic() >= deadline:
-                break
-            if pending:
-                time.sleep(self.poll_seconds)
+        window = self.config.max_in_flight if isinstance(grid, WindowedGrid) else 0
+        for reply in exchange(grid, messages, window, deadline, self.poll_seconds):
+            answered.add(reply.metadata.src_node_id)
+            if self._accept(reply, message_type, check):
+                accepted.append(reply)
+                if on_accept is not None:
+                    on_accept(reply)
+        del messages
         self._record_timeouts(node_ids, answered, message_type)
         return self._check_enough(accepted, len(node_ids), message_type, min_replies)
 

@@ -1,0 +1,94 @@
+"""Tests of the windowed dispatch of messages in a simulation."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+from fedlab.dispatch import WindowedGrid, exchange, windowed
+
+
+class FakeGrid:
+    """A grid whose clients reply to the `replies_per_pull` oldest pending messages per pull."""
+
+    def __init__(self, replies_per_pull: int = 2) -> None:
+        self.replies_per_pull = replies_per_pull
+        self.pending: list[str] = []
+        self.pushed: list[object] = []
+        self.max_pending = 0
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            self.pushed.append(message)
+            ids.append(f"m{len(self.pushed) - 1}")
+        self.pending.extend(ids)
+        self.max_pending = max(self.max_pending, len(self.pending))
+        return ids
+
+    def pull_messages(self, message_ids):
+        wanted = set(message_ids)
+        answered = [mid for mid in self.pending if mid in wanted][: self.replies_per_pull]
+        for mid in answered:
+            self.pending.remove(mid)
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=mid, src_node_id=int(mid[1:])))
+                for mid in answered]
+
+
+def test_exchange_keeps_window() -> None:
+    grid = FakeGrid(replies_per_pull=2)
+    replies = list(exchange(grid, list(range(10)), window=3, deadline=float("inf"), poll_seconds=0))
+    assert sorted(r.metadata.src_node_id for r in replies) == list(range(10))
+    assert grid.max_pending == 3
+    assert grid.pushed == list(range(10))
+
+
+def test_exchange_without_window_pushes_all() -> None:
+    grid = FakeGrid(replies_per_pull=4)
+    replies = list(exchange(grid, list(range(10)), window=0, deadline=float("inf"), poll_seconds=0))
+    assert len(replies) == 10
+    assert grid.max_pending == 10
+
+
+def test_exchange_window_larger_than_messages() -> None:
+    grid = FakeGrid()
+    replies = list(exchange(grid, list(range(3)), window=64, deadline=float("inf"), poll_seconds=0))
+    assert len(replies) == 3
+    assert grid.max_pending == 3
+
+
+def test_exchange_stops_at_deadline() -> None:
+    grid = FakeGrid(replies_per_pull=1)
+    replies = list(exchange(grid, list(range(10)), window=2, deadline=time.monotonic() - 1, poll_seconds=0))
+    # One pull happens, then the deadline stops the exchange; unsent messages stay unsent.
+    assert len(replies) == 1
+    assert grid.pushed == [0, 1]
+
+
+def test_exchange_empty() -> None:
+    grid = FakeGrid()
+    assert list(exchange(grid, [], window=4, deadline=float("inf"), poll_seconds=0)) == []
+    assert grid.pushed == []
+
+
+def test_windowed_grid_send_and_receive() -> None:
+    inner = FakeGrid(replies_per_pull=1)
+    grid = WindowedGrid(inner, window=2)
+    replies = list(grid.send_and_receive(list(range(5)), timeout=60))
+    assert len(replies) == 5
+    assert inner.max_pending == 2
+
+
+def test_windowed_wraps_only_simulation_grids() -> None:
+    other = FakeGrid()
+    assert windowed(other, 8) is other
+
+    simulation = InMemoryGrid.__new__(InMemoryGrid)  # no state needed to check the type
+    wrapped = windowed(simulation, 8)
+    assert isinstance(wrapped, WindowedGrid)
+    assert wrapped.inner is simulation
+    assert wrapped.window == 8
+    assert windowed(wrapped, 8) is wrapped
+    assert windowed(simulation, 0) is simulation
