@@ -367,3 +367,36 @@ def test_placement_results_outside_ray() -> None:
 def test_placement_results_empty_without_reports() -> None:
     assert placement_results({1: {"num-examples": 3}}, {1: 0}) == {}
     assert placement_results({}, {}) == {}
+
+
+# The GPU check's verdicts ---------------------------------------------------------------
+
+
+def gpu_run_results(cap_bytes: int, over: int = 1, under: int = 1) -> dict:
+    row = {"node_id": 1, "partition_id": 0, "cuda_visible_devices": "0", "device": "cuda:0",
+           "gpu_fraction": 0.5, "memory_cap_fraction": 0.5, "memory_cap_bytes": cap_bytes,
+           "process_id": 10, "cap_probe_over_raised": over, "cap_probe_under_ok": under}
+    return {"num_clients": 1, "failed_clients": [], "placement": {"clients": [row]}}
+
+
+def test_gpu_check_passes_capped_run() -> None:
+    from benchmarks.gpu_check import check_results
+
+    checks = check_results(gpu_run_results(cap_bytes=8 * GIB), 0.5, {0: 16 * GIB})
+    assert [name for name, passed, _ in checks if not passed] == []
+
+
+def test_gpu_check_fails_without_oom() -> None:
+    from benchmarks.gpu_check import check_results
+
+    checks = check_results(gpu_run_results(cap_bytes=8 * GIB, over=0), 0.5, {0: 16 * GIB})
+    failed = [name for name, passed, _ in checks if not passed]
+    assert failed == ["allocating above the cap raised OutOfMemoryError"]
+
+
+def test_gpu_check_fails_on_wrong_cap() -> None:
+    from benchmarks.gpu_check import check_results
+
+    checks = check_results(gpu_run_results(cap_bytes=4 * GIB), 0.5, {0: 16 * GIB})
+    failed = [name for name, passed, _ in checks if not passed]
+    assert failed == ["memory cap is the GPU fraction of the GPU's memory"]
