@@ -110,6 +110,24 @@ class RunConfig:
     # PSNR and SSIM of each decoded distillate against its nearest same-class local image.
     privacy_report: bool = True
 
+    # Data-free distillation (DENSE, Co-Boosting)
+    datafree_epochs: int = 20
+    datafree_generator_steps: int = 5
+    datafree_student_steps: int = 20
+    datafree_batch_size: int = 64
+    datafree_noise_dim: int = 64
+    datafree_generator_channels: int = 32
+    datafree_generator_lr: float = 1e-3
+    datafree_student_lr: float = 0.01
+    datafree_temperature: float = 1.0
+    datafree_ce_weight: float = 1.0
+    datafree_bn_weight: float = 1.0
+    datafree_adv_weight: float = 1.0
+    datafree_memory_size: int = 10_000
+    coboosting_hardness: float = 1.0
+    coboosting_epsilon: float = 0.03
+    coboosting_weight_lr: float = 0.01
+
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Build and validate a config from a Flower run config (kebab-case keys).
@@ -231,6 +249,24 @@ class RunConfig:
                f"one of {', '.join(get_args(LatentNoise))}")
         _check(self, "latent_noise_scale", self.latent_noise_scale >= 0 and math.isfinite(self.latent_noise_scale),
                "a finite number >= 0")
+        _check(self, "datafree_epochs", self.datafree_epochs >= 1, "at least 1")
+        _check(self, "datafree_generator_steps", self.datafree_generator_steps >= 1, "at least 1")
+        _check(self, "datafree_student_steps", self.datafree_student_steps >= 1, "at least 1")
+        _check(self, "datafree_batch_size", self.datafree_batch_size >= 2,
+               "at least 2 (BatchNorm statistics need two samples)")
+        _check(self, "datafree_noise_dim", self.datafree_noise_dim >= 1, "at least 1")
+        _check(self, "datafree_generator_channels", self.datafree_generator_channels >= 1, "at least 1")
+        for name in ("datafree_generator_lr", "datafree_student_lr", "datafree_temperature"):
+            value = getattr(self, name)
+            _check(self, name, value > 0 and math.isfinite(value), "a finite number > 0")
+        for name in ("datafree_ce_weight", "datafree_bn_weight", "datafree_adv_weight",
+                     "coboosting_hardness", "coboosting_weight_lr"):
+            value = getattr(self, name)
+            _check(self, name, value >= 0 and math.isfinite(value), "a finite number >= 0")
+        _check(self, "datafree_memory_size", self.datafree_memory_size >= self.datafree_batch_size,
+               f"at least datafree-batch-size ({self.datafree_batch_size})")
+        _check(self, "coboosting_epsilon", 0 <= self.coboosting_epsilon <= 1,
+               "in [0, 1] (images are in [0, 1])")
         from fedlab.faults import parse_fault_plan  # imported late: faults reads RunConfig
 
         plan = parse_fault_plan(self.fault_plan, self.num_clients)

@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlab.config import RunConfig
-from fedlab.data import partition_summary, save_manifest
+from fedlab.data import save_manifest
 from fedlab.faults import assigned_faults
 from fedlab.federation import federated_data, partition_params
 from fedlab.launch import RESULTS_MARKER
@@ -57,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = make_run_dir(config.output_dir, config.strategy, context.run_id, config.run_name)
     write_json(run_dir / "config.json", {"run_config": config.to_run_config(), "seed": config.seed})
     data = federated_data(config)
-    summary = partition_summary(data.train.labels.numpy(), data.partitions, data.train.num_classes)
+    summary = data.partition_summary()
     save_manifest(
         run_dir / "partition_manifest.json",
         data.partitions,

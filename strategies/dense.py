@@ -1,0 +1,28 @@
+"""DENSE: data-free one-shot federated learning by generator training and ensemble distillation.
+
+Zhang et al., "DENSE: Data-Free One-Shot Federated Learning", NeurIPS 2022,
+https://arxiv.org/abs/2112.12371. Clients upload their local models once. The server trains
+a generator against the ensemble of those models and distils the ensemble into the global
+model on the generated samples, with no data and no extra upload beyond the models.
+
+The generator loss combines the ensemble's cross-entropy on the generator's target labels,
+batch-norm statistics matching over the members' BatchNorm layers, and an adversarial term
+that rewards samples on which the student (the global model) disagrees with the ensemble.
+The members are combined with uniform weights (the logit average). The loop is
+:func:`strategies.datafree.train_datafree`.
+"""
+
+from __future__ import annotations
+
+from strategies.base import STRATEGIES
+from strategies.datafree import DataFreeSettings, DataFreeStrategy
+
+
+@STRATEGIES.register("dense")
+class DenseStrategy(DataFreeStrategy):
+    """DENSE: the ``datafree-*`` settings, with no Co-Boosting additions."""
+
+    name = "DENSE"
+
+    def settings(self) -> DataFreeSettings:
+        return DataFreeSettings.from_config(self.config, coboosting=False)
