@@ -41,9 +41,11 @@ count and seed of the cell.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import tomllib
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +151,7 @@ class Grid:
         for seed, dataset, model, clients, partition, method in itertools.product(
             self.seeds, self.datasets, self.models, self.clients, self.partitions, self.methods
         ):
-            run_config = {
+            run_config = typed_run_config({
                 **self.run_config,
                 "dataset": dataset.name,
                 **dataset.run_config,
@@ -159,7 +161,7 @@ class Grid:
                 **(extra_run_config or {}),
                 "num-clients": clients,
                 "seed": seed,
-            }
+            })
             coordinates = {
                 "method": method.name,
                 "strategy": run_config.get("strategy"),
@@ -203,11 +205,34 @@ def _select(entries: Sequence[Any], names: Sequence[str], kind: str, grid: str) 
 # ---------------------------------------------------------------------------
 
 
+def typed_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert integers to floats for the keys that :class:`fedlab.config.RunConfig` types as float.
+
+    TOML writes ``alpha = 1`` as an integer, while `fedlab run` reads it as 1.0. Converting
+    here gives both spellings one cell id, without the registry checks of :func:`validate_cells`,
+    so ids stay stable even when a cell is invalid. Other keys and values are left as they are.
+    """
+    hints = _run_config_hints()
+    typed = {}
+    for key, value in run_config.items():
+        if hints.get(key) is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        typed[key] = value
+    return typed
+
+
+@functools.lru_cache(maxsize=1)
+def _run_config_hints() -> dict[str, Any]:
+    from fedlab.config import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    return {field.name.replace("_", "-"): hints[field.name] for field in dataclasses.fields(RunConfig)}
+
+
 def validate_cells(cells: Sequence[Cell], app_dir: Path = PROJECT_DIR) -> tuple[list[Cell], list[tuple[Cell, str]]]:
     """Check every cell's run config with :class:`fedlab.config.RunConfig`, as `fedlab run` would.
 
-    Returns the valid cells, with their values converted to the config's types (so ``alpha = 1``
-    and ``alpha = 1.0`` are the same cell), and the invalid ones with their error messages.
+    Returns the valid cells and the invalid ones with their error messages.
     """
     from fedlab.cli import app_defaults
     from fedlab.config import ConfigError, RunConfig
@@ -216,13 +241,11 @@ def validate_cells(cells: Sequence[Cell], app_dir: Path = PROJECT_DIR) -> tuple[
     valid, invalid = [], []
     for cell in cells:
         try:
-            config = RunConfig.from_run_config({**defaults, **cell.run_config})
+            RunConfig.from_run_config({**defaults, **cell.run_config})
         except ConfigError as err:
             invalid.append((cell, str(err)))
-            continue
-        typed = config.to_run_config()
-        run_config = {key: typed[key] for key in cell.run_config}
-        valid.append(dataclasses.replace(cell, run_config=run_config))
+        else:
+            valid.append(cell)
     return valid, invalid
 
 

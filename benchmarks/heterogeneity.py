@@ -154,8 +154,7 @@ def report_cells(grid: Grid, extra: dict[str, object], frame: pd.DataFrame) -> s
         clients += [int(c) for c in pd.to_numeric(frame.get("num_clients"), errors="coerce").dropna().unique()]
         seeds += [int(s) for s in pd.to_numeric(frame.get("seed"), errors="coerce").dropna().unique()]
     extended = dataclasses.replace(grid, clients=tuple(sorted(set(clients))), seeds=tuple(sorted(set(seeds))))
-    valid, _ = validate_cells(extended.cells(extra))
-    return {cell.cell_id for cell in valid}
+    return {cell.cell_id for cell in extended.cells(extra)}
 
 
 def write_report(grid: Grid, extra: dict[str, object], out_dir: Path, command: str) -> Path | None:
@@ -186,11 +185,14 @@ def write_report(grid: Grid, extra: dict[str, object], out_dir: Path, command: s
         f"`{RESULTS_FILE}`.",
         "",
     ]
+    if len(seeds) > 1:
+        spread = f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))}. "
+    else:
+        spread = f"One seed ({seeds[0]}), so no standard deviation. "
     accuracy = [
         "## Test accuracy",
         "",
-        f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))}. "
-        "(n=k) marks an entry with fewer successful seeds, and `failed` an entry whose seeds all failed.",
+        spread + "(n=k) marks an entry with fewer successful seeds, and `failed` an entry whose seeds all failed.",
         "",
         report.markdown_tables(frame, methods, partitions, expected_seeds=len(seeds)),
     ]
@@ -256,7 +258,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     out_dir = Path(args.out) if args.out else RESULTS_ROOT / grid.name
     runs_dir = Path(args.runs_dir) if args.runs_dir else RUNS_ROOT / grid.name
     cache_dir = Path(args.ae_cache_dir) if args.ae_cache_dir else RUNS_ROOT / "ae-cache"
-    command = shlex.join([".venv/bin/python", "benchmarks/heterogeneity.py", *(argv if argv is not None else sys.argv[1:])])
+    # The sweep's command for the report: the same arguments without --report-only.
+    arguments = [word for word in (argv if argv is not None else sys.argv[1:]) if word != "--report-only"]
+    command = shlex.join([".venv/bin/python", "benchmarks/heterogeneity.py", *arguments])
 
     if args.report_only:
         table = write_report(grid, extra, out_dir, command)

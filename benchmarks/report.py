@@ -152,10 +152,12 @@ def write_plots(
     stats = stats[stats["seeds"] > 0]
     methods = [m for m in methods if m in set(stats["method"])]
     partitions = [p for p in partitions if p in set(stats["partition"])]
+    # One colour per method across every panel and plot, in the grid's method order.
+    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
     paths = {kind: out_dir / name for kind, name in PLOT_FILES.items()}
-    _plot_against_partition(stats, methods, partitions, paths["alpha"])
-    _plot_against_clients(stats, methods, partitions, paths["clients"])
-    _plot_against_upload(stats, methods, paths["upload"])
+    _plot_against_partition(stats, colours, partitions, paths["alpha"])
+    _plot_against_clients(stats, colours, partitions, paths["clients"])
+    _plot_against_upload(stats, colours, paths["upload"])
     return paths
 
 
@@ -177,7 +179,7 @@ def _subplots(count: int, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]
     return figure, flat[:count]
 
 
-def _plot_against_partition(stats: pd.DataFrame, methods: Sequence[str], partitions: Sequence[str], path: Path) -> None:
+def _plot_against_partition(stats: pd.DataFrame, colours: dict[str, str], partitions: Sequence[str], path: Path) -> None:
     """Plot accuracy against the partition (alpha values, then IID) at the most common client count."""
     facets = _facets(stats)
     figure, axes = _subplots(max(len(facets), 1))
@@ -185,54 +187,54 @@ def _plot_against_partition(stats: pd.DataFrame, methods: Sequence[str], partiti
     for axis, (title, block) in zip(axes, facets, strict=False):
         clients = int(block["num_clients"].mode().iloc[0])
         block = block[block["num_clients"] == clients]
-        for method in methods:
+        for method, colour in colours.items():
             rows = block[block["method"] == method].copy()
             if rows.empty:
                 continue
             rows["x"] = rows["partition"].map(positions)
             rows = rows.sort_values("x")
             axis.errorbar(rows["x"], rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
-                          marker="o", capsize=3, label=method)
+                          marker="o", capsize=3, label=method, color=colour)
         axis.set_xticks(range(len(partitions)), partitions, rotation=30, ha="right")
         axis.set_title(f"{title}, {clients} clients")
         axis.set_xlabel("label skew (Dirichlet alpha) or IID")
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
-    _finish(figure, axes, path)
+    _finish(figure, axes, path, list(colours))
 
 
-def _plot_against_clients(stats: pd.DataFrame, methods: Sequence[str], partitions: Sequence[str], path: Path) -> None:
+def _plot_against_clients(stats: pd.DataFrame, colours: dict[str, str], partitions: Sequence[str], path: Path) -> None:
     """Plot accuracy against the client count, one panel per dataset and partition."""
     panels = [(f"{title}, {partition}", block[block["partition"] == partition])
               for title, block in _facets(stats) for partition in partitions
               if (block["partition"] == partition).any()]
     figure, axes = _subplots(max(len(panels), 1))
     for axis, (title, block) in zip(axes, panels, strict=False):
-        for method in methods:
+        for method, colour in colours.items():
             rows = block[block["method"] == method].sort_values("num_clients")
             if rows.empty:
                 continue
             axis.errorbar(rows["num_clients"], rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
-                          marker="o", capsize=3, label=method)
+                          marker="o", capsize=3, label=method, color=colour)
         counts = sorted(block["num_clients"].unique())
         axis.set_xticks(counts)
         axis.set_title(title if len(counts) > 1 else f"{title} (one client count)")
         axis.set_xlabel("clients")
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
-    _finish(figure, axes, path)
+    _finish(figure, axes, path, list(colours))
 
 
-def _plot_against_upload(stats: pd.DataFrame, methods: Sequence[str], path: Path) -> None:
+def _plot_against_upload(stats: pd.DataFrame, colours: dict[str, str], path: Path) -> None:
     """Plot accuracy against upload bytes per client (log scale), one point per cell mean over seeds."""
     facets = _facets(stats)
     figure, axes = _subplots(max(len(facets), 1))
     for axis, (title, block) in zip(axes, facets, strict=False):
-        for method in methods:
+        for method, colour in colours.items():
             rows = block[block["method"] == method]
             if rows.empty:
                 continue
-            axis.scatter(rows["upload_bytes_per_client"], rows["accuracy_mean"], label=method, alpha=0.8)
+            axis.scatter(rows["upload_bytes_per_client"], rows["accuracy_mean"], label=method, alpha=0.8, color=colour)
         model_bytes = block["model_bytes"].dropna()
         if not model_bytes.empty:
             axis.axvline(model_bytes.mean(), color="grey", linestyle=":", linewidth=1, label="one model upload")
@@ -241,16 +243,16 @@ def _plot_against_upload(stats: pd.DataFrame, methods: Sequence[str], path: Path
         axis.set_xlabel("upload per client (bytes, log scale)")
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3, which="both")
-    _finish(figure, axes, path)
+    _finish(figure, axes, path, list(colours))
 
 
-def _finish(figure: plt.Figure, axes: Sequence[plt.Axes], path: Path) -> None:
-    handles, labels = {}, []
+def _finish(figure: plt.Figure, axes: Sequence[plt.Axes], path: Path, order: Sequence[str]) -> None:
+    """Add one legend for all panels, methods in `order` first, and save the figure."""
+    handles = {}
     for axis in axes:
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
+            handles.setdefault(label, handle)
+    labels = [label for label in order if label in handles] + [label for label in handles if label not in order]
     bottom = 0.0
     if handles:
         columns = min(len(labels), 4)

@@ -404,7 +404,7 @@ def run_cells(
     echo: Callable[[str], None] = print,
     clock: Callable[[], float] = time.perf_counter,
 ) -> SweepSummary:
-    """Run every cell that `results_path` does not hold yet and record one row per cell.
+    """Run every cell that `results_path` does not contain yet and record one row per cell.
 
     Parameters
     ----------
@@ -456,7 +456,8 @@ def run_cells(
             outcome = f"FAILED: {_last_line(str(err))}"
         else:
             row = result_row(cell, results, command, clock() - cell_started)
-            outcome = f"accuracy {row['test_accuracy']:.4f}"
+            accuracy = row["test_accuracy"]
+            outcome = f"accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "no test accuracy"
         summary.ran += 1
 
         frame = frame[frame["cell_id"].astype(str) != cell.cell_id]
