@@ -37,8 +37,9 @@ class RunConfig:
     min_replies: int = 1
     reply_timeout: float = 3600.0
     node_wait_seconds: float = 120.0
-    # Messages kept in flight in a simulation; 0 sends one to every client at once.
-    max_in_flight: int = 64
+    # Messages kept in flight in a simulation: 0 chooses from the Ray cluster's CPUs, -1 sends
+    # one to every client at once.
+    max_in_flight: int = 0
     output_dir: str = "outputs"
     run_name: str = ""
 
@@ -176,7 +177,8 @@ class RunConfig:
         _check(self, "min_replies", self.min_replies >= 1, "at least 1")
         _check(self, "reply_timeout", self.reply_timeout > 0, "positive (seconds)")
         _check(self, "node_wait_seconds", self.node_wait_seconds >= 0, "0 or more (seconds)")
-        _check(self, "max_in_flight", self.max_in_flight >= 0, "0 (no limit) or a positive number of messages")
+        _check(self, "max_in_flight", self.max_in_flight >= -1,
+               "-1 (no limit), 0 (automatic) or a positive number of messages")
         _check(self, "image_size", self.image_size >= 0, "0 (native size) or a positive size")
         _check(self, "test_fraction", 0 <= self.test_fraction < 1, "in [0, 1)")
         _check(self, "public_fraction", 0 <= self.public_fraction < 1, "in [0, 1)")

@@ -8,7 +8,9 @@ number of stored messages. With one message pushed to each of 1,000 nodes at onc
 simulation process used 405 s of CPU in 28 minutes on a 2-core machine, against 240 s for
 both client actors together, and the run had not finished (``benchmarks/scale.py``).
 Sending the next message only when a reply arrives keeps the stored messages at the window
-size, and the cost of a pass falls by the same factor.
+size, and the cost of a pass falls by the same factor. A window of 64 still left that thread
+busy most of the time at 1,000 nodes, so the automatic window is two messages per CPU of the
+Ray cluster plus two: enough to keep every actor of at least one CPU fed.
 
 The deployment engine stores messages in the SuperLink, and each SuperNode requests only its
 own, so :func:`windowed` leaves other grids unchanged.
@@ -17,6 +19,7 @@ own, so :func:`windowed` leaves other grids unchanged.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -29,6 +32,22 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between pulls for replies while messages are in flight.
 POLL_SECONDS = 0.1
+#: Window used when ``max-in-flight`` is 0 and the Ray cluster's size cannot be read.
+FALLBACK_WINDOW = 64
+
+
+def auto_window() -> int:
+    """Return two messages per CPU of the Ray cluster this process drives, plus two.
+
+    Flower gives every actor at least one CPU, so this keeps one message running and one
+    waiting for every actor. In a simulation the ServerApp shares its process with the Ray
+    driver. Before Ray has started, or outside Ray, it returns ``FALLBACK_WINDOW``.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return FALLBACK_WINDOW
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return 2 * cpus + 2 if cpus > 0 else FALLBACK_WINDOW
 
 
 def exchange(
@@ -45,6 +64,7 @@ def exchange(
     pushes every message at once.
     """
     window = len(messages) if window <= 0 else window
+    logger.info("Sending %s messages with at most %s in flight", len(messages), window)
     next_index = 0
     pending: set[str] = set()
 
@@ -83,12 +103,21 @@ class WindowedGrid(Grid):
     """A grid whose ``send_and_receive`` keeps at most `window` messages in flight.
 
     Every other method goes to the wrapped grid unchanged, so Flower strategies that call
-    ``send_and_receive`` (FedAvg) get the window without changes.
+    ``send_and_receive`` (FedAvg) get the window without changes. A `window` of 0 is chosen
+    by :func:`auto_window` when messages are first sent, because Ray may start after the grid
+    is wrapped.
     """
 
     def __init__(self, grid: Grid, window: int) -> None:
         self.inner = grid
-        self.window = window
+        self._window = window
+
+    @property
+    def window(self) -> int:
+        """Messages kept in flight, fixed on first use when chosen automatically."""
+        if self._window <= 0:
+            self._window = auto_window()
+        return self._window
 
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
@@ -119,8 +148,12 @@ class WindowedGrid(Grid):
         return list(exchange(self.inner, list(messages), self.window, deadline))
 
 
-def windowed(grid: Grid, window: int) -> Grid:
-    """Wrap a simulation grid in :class:`WindowedGrid`; return any other grid unchanged."""
-    if window <= 0 or isinstance(grid, WindowedGrid) or not is_simulation_grid(grid):
+def windowed(grid: Grid, max_in_flight: int) -> Grid:
+    """Wrap a simulation grid in :class:`WindowedGrid`; return any other grid unchanged.
+
+    `max_in_flight` is the run-config value: 0 chooses the window automatically, and a
+    negative value sends every message at once.
+    """
+    if max_in_flight < 0 or isinstance(grid, WindowedGrid) or not is_simulation_grid(grid):
         return grid
-    return WindowedGrid(grid, window)
+    return WindowedGrid(grid, max_in_flight)

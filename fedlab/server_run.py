@@ -166,7 +166,7 @@ class ServerRun:
         accepted: list[Message] = []
         answered: set[int] = set()
         deadline = time.monotonic() + self.config.reply_timeout
-        window = self.config.max_in_flight if isinstance(grid, WindowedGrid) else 0
+        window = grid.window if isinstance(grid, WindowedGrid) else 0
         for reply in exchange(grid, messages, window, deadline, self.poll_seconds):
             answered.add(reply.metadata.src_node_id)
             if self._accept(reply, message_type, check):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fedlab.dispatch import WindowedGrid, exchange, windowed
+from fedlab import dispatch
+from fedlab.dispatch import FALLBACK_WINDOW, WindowedGrid, auto_window, exchange, windowed
 
 
 class FakeGrid:
@@ -91,4 +94,34 @@ def test_windowed_wraps_only_simulation_grids() -> None:
     assert wrapped.inner is simulation
     assert wrapped.window == 8
     assert windowed(wrapped, 8) is wrapped
-    assert windowed(simulation, 0) is simulation
+    assert windowed(simulation, -1) is simulation
+
+
+def fake_ray(cpus: float, initialized: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(is_initialized=lambda: initialized, cluster_resources=lambda: {"CPU": cpus})
+
+
+def test_auto_window_from_ray_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(2.0))
+    assert auto_window() == 6
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(64.0))
+    assert auto_window() == 130
+
+
+def test_auto_window_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(2.0, initialized=False))
+    assert auto_window() == FALLBACK_WINDOW
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(0.0))
+    assert auto_window() == FALLBACK_WINDOW
+    monkeypatch.delitem(dispatch.sys.modules, "ray", raising=False)
+    assert auto_window() == FALLBACK_WINDOW
+
+
+def test_automatic_window_chosen_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(1.0, initialized=False))
+    grid = WindowedGrid(FakeGrid(replies_per_pull=1), window=0)
+    # Ray starts after the grid is wrapped; the window is read when messages go out.
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(1.0))
+    assert len(list(grid.send_and_receive(list(range(6)), timeout=60))) == 6
+    assert grid.window == 4
+    assert grid.inner.max_pending == 4
