@@ -19,6 +19,7 @@ LatentDtype = Literal["float16", "float32"]
 LatentNoise = Literal["none", "gaussian", "laplace"]
 FeatureSkew = Literal["none", "rotation", "noise"]
 FeatureSkewLevels = Literal["even", "random"]
+EnsembleOutput = Literal["logits", "probabilities"]
 
 
 class ConfigError(ValueError):
@@ -125,6 +126,7 @@ class RunConfig:
     datafree_bn_weight: float = 1.0
     datafree_adv_weight: float = 1.0
     datafree_memory_size: int = 10_000
+    datafree_ensemble_output: EnsembleOutput = "probabilities"
     coboosting_hardness: float = 1.0
     coboosting_epsilon: float = 0.03
     coboosting_weight_lr: float = 0.01
@@ -267,6 +269,8 @@ class RunConfig:
             _check(self, name, value >= 0 and math.isfinite(value), "a finite number >= 0")
         _check(self, "datafree_memory_size", self.datafree_memory_size >= self.datafree_batch_size,
                f"at least datafree-batch-size ({self.datafree_batch_size})")
+        _check(self, "datafree_ensemble_output", self.datafree_ensemble_output in get_args(EnsembleOutput),
+               f"one of {', '.join(get_args(EnsembleOutput))}")
         _check(self, "coboosting_epsilon", 0 <= self.coboosting_epsilon <= 1,
                "in [0, 1] (images are in [0, 1])")
         from fedlab.faults import parse_fault_plan  # imported late: faults reads RunConfig

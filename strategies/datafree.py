@@ -32,13 +32,14 @@ from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from flwr.app import ConfigRecord, RecordDict
 from torch import Tensor, nn
 
-from fedlab.config import RunConfig
+from fedlab.config import EnsembleOutput, RunConfig
 from fedlab.payload import ARRAYS_KEY, CONFIG_KEY, TRAIN, load_model_record, model_to_record
 from fedlab.server_run import ServerRun
 from fedlab.training import seeded_generator
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 # Purposes mixed into the run seed so that each random stream of the server is independent.
 _SEED_GENERATOR_INIT, _SEED_SAMPLING = 104_729, 104_743
+
+# Floor of the ensemble's averaged probabilities before the log, so log(0) never occurs.
+_MIN_PROBABILITY = 1e-12
 
 
 # Generator ---------------------------------------------------------------------------------
@@ -207,19 +211,33 @@ def project_to_simplex(values: Tensor) -> Tensor:
 
 
 class WeightedEnsemble(nn.Module):
-    """Convex combination ``sum_k w_k f_k(x)`` of the members' logits.
+    """Convex combination of the members' predictions, with weights on the simplex.
+
+    With ``output="logits"`` the ensemble's logits are ``sum_k w_k f_k(x)``, the weighted
+    logit average that DENSE and Co-Boosting use. With ``output="probabilities"`` they are
+    ``log sum_k w_k softmax(f_k(x))``, the log of the weighted mean of the members'
+    probabilities: a member that never saw a class then cannot outvote, by the size of its
+    logits, the members that did.
 
     The weights `w` are a buffer (saved with the state dict) that always lies on the
-    probability simplex; :meth:`set_weights` checks that. Uniform weights give the plain
-    logit average. Members stay in eval mode and their parameters are frozen.
+    probability simplex, which :meth:`set_weights` checks. They start uniform. Members
+    stay in eval mode and their parameters are frozen.
     """
 
     weights: Tensor
 
-    def __init__(self, members: Sequence[nn.Module], weights: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        weights: Tensor | None = None,
+        output: EnsembleOutput = "logits",
+    ) -> None:
         super().__init__()
         if not members:
             raise ValueError("WeightedEnsemble needs at least one member model")
+        if output not in get_args(EnsembleOutput):
+            raise ValueError(f"output must be one of {', '.join(get_args(EnsembleOutput))}, got {output!r}")
+        self.output = output
         self.members = nn.ModuleList(members)
         for parameter in self.members.parameters():
             parameter.requires_grad_(False)
@@ -251,7 +269,10 @@ class WeightedEnsemble(nn.Module):
     def combine(self, member_logits: Tensor, weights: Tensor | None = None) -> Tensor:
         """Combine K x N x C member logits with `weights` (default: the ensemble's own)."""
         weights = self.weights if weights is None else weights
-        return torch.einsum("k,knc->nc", weights, member_logits)
+        if self.output == "logits":
+            return torch.einsum("k,knc->nc", weights, member_logits)
+        probabilities = torch.einsum("k,knc->nc", weights, F.softmax(member_logits, dim=2))
+        return torch.log(probabilities.clamp(min=_MIN_PROBABILITY))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.combine(self.member_logits(x))
@@ -429,6 +450,7 @@ class DataFreeSettings:
     bn_weight: float = 1.0
     adv_weight: float = 1.0
     memory_size: int = 10_000
+    ensemble_output: EnsembleOutput = "logits"
     # Co-Boosting: focal exponent of the sample weights, FGSM step size, ensemble-weight step.
     hardness: float = 0.0
     perturb_epsilon: float = 0.0
@@ -459,6 +481,7 @@ class DataFreeSettings:
             bn_weight=config.datafree_bn_weight,
             adv_weight=config.datafree_adv_weight,
             memory_size=config.datafree_memory_size,
+            ensemble_output=config.datafree_ensemble_output,
         )
         if not coboosting:
             return shared
@@ -707,14 +730,14 @@ class DataFreeStrategy(FedLabStrategy):
         """Return the distillation settings of this method, read from the run config."""
 
     def run(self, server: ServerRun, node_ids: list[int]) -> StrategyResult:
+        settings = self.settings()
         members = collect_local_models(server, node_ids)
-        ensemble = WeightedEnsemble(members)
+        ensemble = WeightedEnsemble(members, output=settings.ensemble_output)
         student = server.build_model()
         train = server.data.train
         with server.phase("server_training"):
             report = train_datafree(
-                ensemble, student, self.settings(), train.num_classes, train.image_shape,
-                self.config.seed, server.device,
+                ensemble, student, settings, train.num_classes, train.image_shape, self.config.seed, server.device
             )
 
         accuracy = server.evaluate(student)

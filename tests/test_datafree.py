@@ -250,6 +250,38 @@ def test_ensemble_combines_logits_with_its_weights() -> None:
     assert torch.allclose(ensemble(x), expected, atol=1e-6)
 
 
+def test_probability_ensemble_averages_softmax() -> None:
+    ensemble = WeightedEnsemble(list(tiny_ensemble(size=2).members), output="probabilities")
+    ensemble.set_weights(torch.tensor([0.25, 0.75]))
+    member_logits = torch.randn(2, 5, NUM_CLASSES)
+    expected = torch.log(0.25 * member_logits[0].softmax(dim=1) + 0.75 * member_logits[1].softmax(dim=1))
+    assert torch.allclose(ensemble.combine(member_logits), expected, atol=1e-6)
+
+
+def test_probability_ensemble_ignores_large_logits_of_unsure_members() -> None:
+    ensemble = WeightedEnsemble(list(tiny_ensemble(size=3).members), output="probabilities")
+    # Member 0 is sure of class 0. Members 1 and 2 never saw it and spread large logits
+    # over classes 1 to 3, so their average logits outweigh member 0's.
+    member_logits = torch.tensor([[[8.0, 0.0, 0.0, 0.0]], [[0.0, 9.0, 9.0, 9.0]], [[0.0, 9.0, 9.0, 9.0]]])
+    assert ensemble.combine(member_logits).argmax().item() == 0
+    logit_average = WeightedEnsemble(list(tiny_ensemble(size=3).members), output="logits")
+    assert logit_average.combine(member_logits).argmax().item() != 0
+
+
+def test_probability_ensemble_weight_update_stays_finite_at_zero_weight() -> None:
+    ensemble = WeightedEnsemble(list(tiny_ensemble(size=2).members), output="probabilities")
+    ensemble.set_weights(torch.tensor([1.0, 0.0]))
+    labels = torch.arange(NUM_CLASSES)
+    weights = update_ensemble_weights(ensemble, torch.randn(2, NUM_CLASSES, NUM_CLASSES), labels, lr=0.1)
+    assert torch.isfinite(weights).all()
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ensemble_rejects_unknown_output() -> None:
+    with pytest.raises(ValueError, match="output must be one of"):
+        WeightedEnsemble(list(tiny_ensemble(size=1).members), output="votes")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("weights", [[0.5, 0.6], [1.5, -0.5], [1.0]])
 def test_ensemble_rejects_weights_off_the_simplex(weights: list[float]) -> None:
     ensemble = tiny_ensemble(size=2)
@@ -482,6 +514,7 @@ def test_strategy_run_with_fake_server(strategy: str, monkeypatch: pytest.Monkey
         ("datafree-memory-size", 10),
         ("coboosting-epsilon", 1.5),
         ("coboosting-weight-lr", float("inf")),
+        ("datafree-ensemble-output", "votes"),
     ],
 )
 def test_datafree_keys_reject_out_of_range_values(key: str, value: object) -> None:
