@@ -5,8 +5,8 @@ faults let a run reproduce such cases on purpose, so that robustness is measured
 than assumed:
 
 * ``fail-fraction`` and ``late-fraction`` pick that share of the partitions (rounded to
-  whole clients) from the run seed; a failing client raises an error instead of replying,
-  a late one sleeps ``late-seconds`` before its reply.
+  whole clients) from the run seed. A failing client raises an error instead of replying,
+  and a late one sleeps ``late-seconds`` before its reply.
 * ``fault-plan`` names faults for chosen partitions, e.g. ``"0:fail 3:non-finite"``; it
   overrides the drawn faults for those partitions. Besides ``fail`` and ``late`` it accepts
   the malformed-reply kinds in :data:`MALFORMED_KINDS`, which corrupt the reply in one
