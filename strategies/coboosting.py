@@ -13,8 +13,8 @@ ICLR 2024, https://arxiv.org/abs/2402.15070. It extends the DENSE loop
   KL divergence, relabelled by the members;
 - learned ensemble weights: once per epoch, one signed-gradient step of size
   ``coboosting-weight-lr`` on the members' weights lowers the weighted ensemble's
-  cross-entropy against the generator labels on the banked samples, and a Euclidean
-  projection keeps the weights on the probability simplex.
+  hardness-weighted cross-entropy against the generator labels on the banked samples, and
+  a Euclidean projection keeps the weights on the probability simplex.
 
 Setting a key to 0 turns its part off; with all three at 0 the method is DENSE.
 """

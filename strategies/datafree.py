@@ -309,18 +309,26 @@ def update_ensemble_weights(
 # Losses ------------------------------------------------------------------------------------
 
 
-def hardness_weighted_cross_entropy(logits: Tensor, labels: Tensor, hardness: float) -> Tensor:
-    """Return the mean cross-entropy with sample weights ``(1 - p_y)^hardness``.
+def label_hardness_weights(logits: Tensor, labels: Tensor, hardness: float) -> Tensor:
+    """Return per-sample weights ``(1 - p_y)^hardness`` as constants.
 
-    ``p_y`` is the probability the logits give the target label. The weights (treated as
-    constants) shift the loss toward samples the classifier is unsure of, in the manner of
-    the focal loss. ``hardness = 0`` gives the plain cross-entropy.
+    ``p_y`` is the probability the logits give the target label, so samples the classifier
+    is unsure of weigh more, in the manner of the focal loss. ``hardness = 0`` gives ones.
+    """
+    if hardness == 0:
+        return torch.ones(len(labels), device=logits.device)
+    with torch.no_grad():
+        target_probability = F.softmax(logits, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+        return (1 - target_probability).pow(hardness)
+
+
+def hardness_weighted_cross_entropy(logits: Tensor, labels: Tensor, hardness: float) -> Tensor:
+    """Return the mean cross-entropy with the sample weights of :func:`label_hardness_weights`.
+
+    ``hardness = 0`` gives the plain cross-entropy.
     """
     losses = F.cross_entropy(logits, labels, reduction="none")
-    if hardness == 0:
-        return losses.mean()
-    target_probability = torch.exp(-losses.detach())
-    return ((1 - target_probability).pow(hardness) * losses).mean()
+    return (label_hardness_weights(logits, labels, hardness) * losses).mean()
 
 
 def kl_disagreement(teacher_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
@@ -626,8 +634,9 @@ def train_datafree(
        members' logits on it. With ``perturb_epsilon > 0`` so does a copy moved by one
        signed-gradient step that raises the ensemble-student KL divergence.
     2. With ``ensemble_weight_lr > 0``, one signed-gradient step on the ensemble weights
-       lowers the ensemble's cross-entropy against the generator labels over the whole bank,
-       then a projection puts the weights back on the simplex.
+       lowers the ensemble's cross-entropy against the generator labels over the whole bank
+       (hardness-weighted like the generator's), then a projection puts the weights back on
+       the simplex.
     3. Student stage, `student_steps` SGD steps (Nesterov momentum, cosine schedule over
        the whole run) on batches drawn from the bank (:func:`student_step`).
     """
@@ -668,7 +677,10 @@ def train_datafree(
             # 2. Co-Boosting: reweight the members on the banked samples.
             if settings.ensemble_weight_lr > 0:
                 _images, member_logits, labels = bank.contents()
-                update_ensemble_weights(ensemble, member_logits, labels, settings.ensemble_weight_lr)
+                hardness = label_hardness_weights(ensemble.combine(member_logits), labels, settings.hardness)
+                update_ensemble_weights(
+                    ensemble, member_logits, labels, settings.ensemble_weight_lr, sample_weights=hardness
+                )
             report.generator_seconds += time.perf_counter() - start
 
             # 3. Student stage.
