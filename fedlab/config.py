@@ -20,6 +20,7 @@ LatentNoise = Literal["none", "gaussian", "laplace"]
 FeatureSkew = Literal["none", "rotation", "noise"]
 FeatureSkewLevels = Literal["even", "random"]
 EnsembleOutput = Literal["logits", "probabilities"]
+StudentInit = Literal["average", "random"]
 
 
 class ConfigError(ValueError):
@@ -119,14 +120,15 @@ class RunConfig:
     datafree_batch_size: int = 64
     datafree_noise_dim: int = 64
     datafree_generator_channels: int = 32
-    datafree_generator_lr: float = 1e-3
+    datafree_generator_lr: float = 0.01
     datafree_student_lr: float = 0.01
     datafree_temperature: float = 1.0
     datafree_ce_weight: float = 1.0
-    datafree_bn_weight: float = 1.0
+    datafree_bn_weight: float = 10.0
     datafree_adv_weight: float = 1.0
     datafree_memory_size: int = 10_000
     datafree_ensemble_output: EnsembleOutput = "probabilities"
+    datafree_student_init: StudentInit = "average"
     coboosting_hardness: float = 1.0
     coboosting_epsilon: float = 0.03
     coboosting_weight_lr: float = 0.01
@@ -271,6 +273,8 @@ class RunConfig:
                f"at least datafree-batch-size ({self.datafree_batch_size})")
         _check(self, "datafree_ensemble_output", self.datafree_ensemble_output in get_args(EnsembleOutput),
                f"one of {', '.join(get_args(EnsembleOutput))}")
+        _check(self, "datafree_student_init", self.datafree_student_init in get_args(StudentInit),
+               f"one of {', '.join(get_args(StudentInit))}")
         _check(self, "coboosting_epsilon", 0 <= self.coboosting_epsilon <= 1,
                "in [0, 1] (images are in [0, 1])")
         from fedlab.faults import parse_fault_plan  # imported late: faults reads RunConfig

@@ -40,7 +40,15 @@ from flwr.app import ConfigRecord, RecordDict
 from torch import Tensor, nn
 
 from fedlab.config import EnsembleOutput, RunConfig
-from fedlab.payload import ARRAYS_KEY, CONFIG_KEY, TRAIN, load_model_record, model_to_record
+from fedlab.payload import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    TRAIN,
+    load_model_record,
+    model_to_record,
+)
 from fedlab.server_run import ServerRun
 from fedlab.training import seeded_generator
 from strategies.base import FedLabStrategy, StrategyResult
@@ -716,24 +724,48 @@ def train_datafree(
 # Strategy skeleton -------------------------------------------------------------------------
 
 
-def collect_local_models(server: ServerRun, node_ids: list[int]) -> list[nn.Module]:
-    """Send the initial global model to every client and return their trained local models."""
+def collect_local_models(server: ServerRun, node_ids: list[int]) -> tuple[list[nn.Module], list[float]]:
+    """Send the initial global model to every client; return their local models and sample counts."""
     initial = server.build_model()
     content = RecordDict(
         {ARRAYS_KEY: model_to_record(initial), CONFIG_KEY: ConfigRecord({"server-round": 1})}
     )
     with server.phase("round"):
         replies = server.send_and_collect(node_ids, TRAIN, lambda _node: content, check=server.check_model_reply)
-    members = []
+    members, num_examples = [], []
     for index, reply in enumerate(replies):
         member = server.build_model(seed_offset=index + 1)
         load_model_record(member, reply.content.array_records[ARRAYS_KEY])
         members.append(member.eval())
-    return members
+        num_examples.append(float(reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES]))
+    return members, num_examples
+
+
+def average_models(models: Sequence[nn.Module], weights: Sequence[float]) -> dict[str, Tensor]:
+    """Return the `weights`-weighted average of the models' state dicts, FedAvg's aggregate.
+
+    Every entry is averaged in float64 and cast back to its dtype, so integer buffers such as
+    BatchNorm's ``num_batches_tracked`` stay integers.
+    """
+    if not models or len(models) != len(weights):
+        raise ValueError(f"need one weight per model, got {len(models)} models and {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0 or any(weight < 0 for weight in weights):
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
+    states = [model.state_dict() for model in models]
+    averaged = {}
+    for key, first in states[0].items():
+        mean = sum(state[key].double() * (weight / total) for state, weight in zip(states, weights))
+        averaged[key] = mean.to(first.dtype)
+    return averaged
 
 
 class DataFreeStrategy(FedLabStrategy):
-    """One round of local training, then data-free distillation of the ensemble on the server."""
+    """One round of local training, then data-free distillation of the ensemble on the server.
+
+    The student starts from :func:`average_models` of the local models, weighted by their
+    sample counts, or from fresh seeded weights (``datafree-student-init``).
+    """
 
     name = "data-free"
 
@@ -743,9 +775,16 @@ class DataFreeStrategy(FedLabStrategy):
 
     def run(self, server: ServerRun, node_ids: list[int]) -> StrategyResult:
         settings = self.settings()
-        members = collect_local_models(server, node_ids)
+        members, num_examples = collect_local_models(server, node_ids)
         ensemble = WeightedEnsemble(members, output=settings.ensemble_output)
         student = server.build_model()
+        if self.config.datafree_student_init == "average":
+            student.load_state_dict(average_models(members, num_examples))
+            average_accuracy = server.evaluate(student)
+            logger.info("%s: student starts from the average of the local models, test accuracy %.4f",
+                        self.name, average_accuracy)
+        else:
+            average_accuracy = None
         train = server.data.train
         with server.phase("server_training"):
             report = train_datafree(
@@ -766,6 +805,8 @@ class DataFreeStrategy(FedLabStrategy):
             extra={
                 "ensemble_size": len(members),
                 "ensemble_test_accuracy": ensemble_accuracy,
+                "student_init": self.config.datafree_student_init,
+                "student_init_test_accuracy": average_accuracy,
                 "datafree": report.to_json(),
             },
         )

@@ -8,8 +8,16 @@ model on the generated samples, with no data and no extra upload beyond the mode
 The generator loss combines the ensemble's cross-entropy on the generator's target labels,
 batch-norm statistics matching over the members' BatchNorm layers, and an adversarial term
 that rewards samples on which the student (the global model) disagrees with the ensemble.
-The members are combined with uniform weights (the logit average). The loop is
+The members are combined with uniform weights: by default the mean of their probabilities,
+with ``datafree-ensemble-output='logits'`` the logit average of the paper. The loop is
 :func:`strategies.datafree.train_datafree`.
+
+With ``datafree-student-init='average'`` (the default) the student starts from the
+sample-weighted average of the local models, one-shot FedAvg's result, as in FedDF (Lin et
+al., NeurIPS 2020, https://arxiv.org/abs/2006.07242); ``'random'`` starts it from the run's
+seeded initial weights. On MNIST with 10 clients and the CPU-sized default budget
+(100 generator steps), the average start raised the student's test accuracy at Dirichlet
+alpha 0.1 from 0.24-0.37 to 0.65-0.70, where one-shot FedAvg gives 0.63.
 """
 
 from __future__ import annotations

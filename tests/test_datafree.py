@@ -482,13 +482,15 @@ class FakeServer:
             return (model(self.test_images).argmax(dim=1) == self.test_labels).float().mean().item()
 
 
+@pytest.mark.parametrize("student_init", ["average", "random"])
 @pytest.mark.parametrize("strategy", ["dense", "coboosting"])
-def test_strategy_run_with_fake_server(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strategy_run_with_fake_server(strategy: str, student_init: str, monkeypatch: pytest.MonkeyPatch) -> None:
     members = list(tiny_ensemble(size=3).members)
-    monkeypatch.setattr(datafree, "collect_local_models", lambda _server, _node_ids: members)
+    monkeypatch.setattr(datafree, "collect_local_models", lambda _server, _node_ids: (members, [10.0, 20.0, 30.0]))
     config = RunConfig(
         strategy=strategy, datafree_epochs=1, datafree_generator_steps=2, datafree_student_steps=2,
         datafree_batch_size=12, datafree_noise_dim=8, datafree_generator_channels=4, datafree_memory_size=100,
+        datafree_student_init=student_init,
     )
     server = FakeServer()
     result = STRATEGIES.get(strategy)(config).run(server, [1, 2, 3])
@@ -497,7 +499,39 @@ def test_strategy_run_with_fake_server(strategy: str, monkeypatch: pytest.Monkey
     assert result.extra["ensemble_size"] == 3
     assert 0.0 <= result.extra["ensemble_test_accuracy"] <= 1.0
     assert result.extra["datafree"]["bank_size"] > 0
+    assert result.extra["student_init"] == student_init
+    if student_init == "average":
+        assert 0.0 <= result.extra["student_init_test_accuracy"] <= 1.0
+    else:
+        assert result.extra["student_init_test_accuracy"] is None
     assert not isinstance(result.model, WeightedEnsemble)  # the global model is the student
+
+
+def test_average_models_weights_by_sample_count() -> None:
+    first, second = nn.Linear(2, 1), nn.Linear(2, 1)
+    with torch.no_grad():
+        first.weight.fill_(1.0)
+        first.bias.fill_(0.0)
+        second.weight.fill_(4.0)
+        second.bias.fill_(8.0)
+    averaged = datafree.average_models([first, second], [2.0, 1.0])
+    assert torch.allclose(averaged["weight"], torch.full((1, 2), 2.0))  # (2 * 1 + 4) / 3
+    assert torch.allclose(averaged["bias"], torch.full((1,), 8.0 / 3))
+
+
+def test_average_models_keeps_integer_buffers_integer() -> None:
+    first, second = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    first.num_batches_tracked.fill_(4)
+    second.num_batches_tracked.fill_(8)
+    averaged = datafree.average_models([first, second], [1.0, 1.0])
+    assert averaged["num_batches_tracked"].dtype == torch.int64
+    assert int(averaged["num_batches_tracked"]) == 6
+
+
+@pytest.mark.parametrize("weights", [[1.0], [0.0, 0.0], [-1.0, 2.0]])
+def test_average_models_rejects_bad_weights(weights: list[float]) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        datafree.average_models([nn.Linear(2, 1), nn.Linear(2, 1)], weights)
 
 
 # Config -----------------------------------------------------------------------------------
@@ -515,6 +549,7 @@ def test_strategy_run_with_fake_server(strategy: str, monkeypatch: pytest.Monkey
         ("coboosting-epsilon", 1.5),
         ("coboosting-weight-lr", float("inf")),
         ("datafree-ensemble-output", "votes"),
+        ("datafree-student-init", "pretrained"),
     ],
 )
 def test_datafree_keys_reject_out_of_range_values(key: str, value: object) -> None:
