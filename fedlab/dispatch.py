@@ -34,20 +34,42 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 #: Window used when ``max-in-flight`` is 0 and the Ray cluster's size cannot be read.
 FALLBACK_WINDOW = 64
+#: Seconds a simulation grid waits, when it first sends, for Flower to start Ray.
+RAY_START_WAIT_SECONDS = 60.0
 
 
-def auto_window() -> int:
+def ray_cluster_cpus(wait_seconds: float = 0.0, poll_seconds: float = POLL_SECONDS) -> int | None:
+    """Return the CPU count of the Ray cluster this process drives, or None if Ray is not up.
+
+    In a simulation the ServerApp shares its process with the Ray driver, and Flower imports
+    and starts Ray in another thread while the ServerApp already runs. The ``ray`` module may
+    therefore be missing, half imported (its functions not yet defined), or imported but not
+    initialised. This waits up to `wait_seconds` for a started cluster and never imports Ray
+    itself.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        ray = sys.modules.get("ray")
+        is_initialized = getattr(ray, "is_initialized", None)
+        cluster_resources = getattr(ray, "cluster_resources", None)
+        if is_initialized is not None and cluster_resources is not None and is_initialized():
+            cpus = int(cluster_resources().get("CPU", 0))
+            if cpus > 0:
+                return cpus
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_seconds)
+
+
+def auto_window(wait_seconds: float = 0.0) -> int:
     """Return two messages per CPU of the Ray cluster this process drives, plus two.
 
     Flower gives every actor at least one CPU, so this keeps one message running and one
-    waiting for every actor. In a simulation the ServerApp shares its process with the Ray
-    driver. Before Ray has started, or outside Ray, it returns ``FALLBACK_WINDOW``.
+    waiting for every actor. When no started Ray cluster is found within `wait_seconds`
+    (:func:`ray_cluster_cpus`), it returns ``FALLBACK_WINDOW``.
     """
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return FALLBACK_WINDOW
-    cpus = int(ray.cluster_resources().get("CPU", 0))
-    return 2 * cpus + 2 if cpus > 0 else FALLBACK_WINDOW
+    cpus = ray_cluster_cpus(wait_seconds)
+    return FALLBACK_WINDOW if cpus is None else 2 * cpus + 2
 
 
 def exchange(
@@ -104,19 +126,29 @@ class WindowedGrid(Grid):
 
     Every other method goes to the wrapped grid unchanged, so Flower strategies that call
     ``send_and_receive`` (FedAvg) get the window without changes. A `window` of 0 is chosen
-    by :func:`auto_window` when messages are first sent, because Ray may start after the grid
-    is wrapped.
+    from the Ray cluster's CPUs when messages are first sent, because Flower may still be
+    starting Ray when the grid is wrapped: the first send waits up to
+    ``RAY_START_WAIT_SECONDS`` for it. The window is fixed once it has been read from Ray;
+    until then each send uses ``FALLBACK_WINDOW``.
     """
 
-    def __init__(self, grid: Grid, window: int) -> None:
+    def __init__(self, grid: Grid, window: int, ray_wait_seconds: float = RAY_START_WAIT_SECONDS) -> None:
         self.inner = grid
         self._window = window
+        self._ray_wait_seconds = ray_wait_seconds
 
     @property
     def window(self) -> int:
-        """Messages kept in flight, fixed on first use when chosen automatically."""
-        if self._window <= 0:
-            self._window = auto_window()
+        """Messages kept in flight, fixed once read from Ray when chosen automatically."""
+        if self._window > 0:
+            return self._window
+        cpus = ray_cluster_cpus(wait_seconds=self._ray_wait_seconds)
+        if cpus is None:
+            self._ray_wait_seconds = 0.0  # waited once already; later sends do not wait again
+            logger.warning("Ray is not running in this process; sending with at most %s messages in flight",
+                           FALLBACK_WINDOW)
+            return FALLBACK_WINDOW
+        self._window = 2 * cpus + 2
         return self._window
 
     def set_run(self, run: Run) -> None:

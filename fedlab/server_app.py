@@ -33,13 +33,20 @@ logger = logging.getLogger("fedlab")
 app = ServerApp()
 
 
+#: Packages whose INFO lines the ServerApp prints: the platform and the strategies.
+LOGGED_PACKAGES = ("fedlab", "strategies")
+
+
 def _configure_logging() -> None:
-    if not logger.handlers:
+    for name in LOGGED_PACKAGES:
+        package_logger = logging.getLogger(name)
+        if package_logger.handlers:
+            continue
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(levelname)s fedlab: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        handler.setFormatter(logging.Formatter(f"%(levelname)s {name}: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+        package_logger.propagate = False
 
 
 @app.main()

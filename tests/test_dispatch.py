@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -115,6 +116,33 @@ def test_auto_window_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     assert auto_window() == FALLBACK_WINDOW
     monkeypatch.delitem(dispatch.sys.modules, "ray", raising=False)
     assert auto_window() == FALLBACK_WINDOW
+
+
+def test_auto_window_with_a_half_imported_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread is still importing Ray: the module exists but has no functions yet.
+    monkeypatch.setitem(dispatch.sys.modules, "ray", SimpleNamespace())
+    assert auto_window() == FALLBACK_WINDOW
+
+
+def test_first_send_waits_for_ray_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.sys.modules, "ray", SimpleNamespace())
+    starter = threading.Timer(0.3, lambda: dispatch.sys.modules.__setitem__("ray", fake_ray(1.0)))
+    starter.start()
+    try:
+        grid = WindowedGrid(FakeGrid(replies_per_pull=1), window=0, ray_wait_seconds=30)
+        assert len(list(grid.send_and_receive(list(range(6)), timeout=60))) == 6
+    finally:
+        starter.cancel()
+    assert grid.window == 4
+    assert grid.inner.max_pending == 4
+
+
+def test_fallback_window_is_not_kept_once_ray_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(1.0, initialized=False))
+    grid = WindowedGrid(FakeGrid(replies_per_pull=1), window=0, ray_wait_seconds=0.2)
+    assert grid.window == FALLBACK_WINDOW
+    monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(3.0))
+    assert grid.window == 8
 
 
 def test_automatic_window_chosen_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
