@@ -451,7 +451,11 @@ class SampleBank:
 
 @dataclass(frozen=True)
 class DataFreeSettings:
-    """Settings of :func:`train_datafree`; the Co-Boosting parts are off at zero."""
+    """Settings of :func:`train_datafree`; the Co-Boosting parts are off at zero.
+
+    The defaults are the run config's ``datafree-*`` defaults, so library use and
+    ``strategy='dense'`` behave alike.
+    """
 
     epochs: int = 20
     generator_steps: int = 5
@@ -459,14 +463,14 @@ class DataFreeSettings:
     batch_size: int = 64
     noise_dim: int = 64
     generator_channels: int = 32
-    generator_lr: float = 1e-3
+    generator_lr: float = 0.01
     student_lr: float = 0.01
     temperature: float = 1.0
     ce_weight: float = 1.0
-    bn_weight: float = 1.0
+    bn_weight: float = 10.0
     adv_weight: float = 1.0
     memory_size: int = 10_000
-    ensemble_output: EnsembleOutput = "logits"
+    ensemble_output: EnsembleOutput = "probabilities"
     # Co-Boosting: focal exponent of the sample weights, FGSM step size, ensemble-weight step.
     hardness: float = 0.0
     perturb_epsilon: float = 0.0

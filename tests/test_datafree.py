@@ -566,3 +566,7 @@ def test_settings_reject_a_bank_smaller_than_a_batch() -> None:
 def test_both_strategies_are_registered() -> None:
     assert STRATEGIES.get("dense") is DenseStrategy
     assert STRATEGIES.get("coboosting") is CoBoostingStrategy
+
+
+def test_settings_defaults_match_the_run_config_defaults() -> None:
+    assert DataFreeSettings.from_config(RunConfig(), coboosting=False) == DataFreeSettings()
