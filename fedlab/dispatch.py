@@ -144,7 +144,7 @@ class WindowedGrid(Grid):
             return self._window
         cpus = ray_cluster_cpus(wait_seconds=self._ray_wait_seconds)
         if cpus is None:
-            self._ray_wait_seconds = 0.0  # waited once already; later sends do not wait again
+            self._ray_wait_seconds = 0.0  # Later sends do not wait, because this one already did.
             logger.warning("Ray is not running in this process; sending with at most %s messages in flight",
                            FALLBACK_WINDOW)
             return FALLBACK_WINDOW
