@@ -21,26 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from fedlab.cli import resolve_run_config
 from fedlab.client_app import ClientData, local_training_reply
 from fedlab.federation import federated_data
 from fedlab.payload import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES, model_to_record, record_bytes
 from fedlab.server_run import ServerRun
-from fedlab.training import limit_torch_threads
+from fedlab.training import average_state_dicts, limit_torch_threads
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Average state dicts key by key with `weights`, keeping each tensor's dtype."""
-    total = sum(weights)
-    averaged = {}
-    for key, first in states[0].items():
-        mean = sum(state[key].double() * (weight / total) for state, weight in zip(states, weights))
-        averaged[key] = mean.to(first.dtype)
-    return averaged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. Server: weighted average and evaluation.
         server_start = time.perf_counter()
-        global_model.load_state_dict(weighted_average(states, weights))
+        global_model.load_state_dict(average_state_dicts(states, weights))
         accuracy = server.evaluate(global_model)
         server_seconds = time.perf_counter() - server_start
 

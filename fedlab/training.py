@@ -193,3 +193,21 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 def evaluate_classifier(model: nn.Module, images: Tensor, labels: Tensor) -> float:
     """Return the top-1 accuracy of `model` on `images`."""
     return accuracy(predict_logits(model, images), labels)
+
+
+def average_state_dicts(states: list[dict[str, Tensor]], weights: list[float]) -> dict[str, Tensor]:
+    """Return the `weights`-weighted average of state dicts, FedAvg's aggregate.
+
+    Every entry is averaged in float64 and cast back to its dtype, so integer buffers such as
+    BatchNorm's ``num_batches_tracked`` stay integers.
+    """
+    if not states or len(states) != len(weights):
+        raise ValueError(f"need one weight per state dict, got {len(states)} state dicts and {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0 or any(weight < 0 for weight in weights):
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
+    averaged = {}
+    for key, first in states[0].items():
+        mean = sum(state[key].double() * (weight / total) for state, weight in zip(states, weights))
+        averaged[key] = mean.to(first.dtype)
+    return averaged

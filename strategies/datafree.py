@@ -50,7 +50,7 @@ from fedlab.payload import (
     model_to_record,
 )
 from fedlab.server_run import ServerRun
-from fedlab.training import seeded_generator
+from fedlab.training import average_state_dicts, seeded_generator
 from strategies.base import FedLabStrategy, StrategyResult
 
 logger = logging.getLogger(__name__)
@@ -746,22 +746,8 @@ def collect_local_models(server: ServerRun, node_ids: list[int]) -> tuple[list[n
 
 
 def average_models(models: Sequence[nn.Module], weights: Sequence[float]) -> dict[str, Tensor]:
-    """Return the `weights`-weighted average of the models' state dicts, FedAvg's aggregate.
-
-    Every entry is averaged in float64 and cast back to its dtype, so integer buffers such as
-    BatchNorm's ``num_batches_tracked`` stay integers.
-    """
-    if not models or len(models) != len(weights):
-        raise ValueError(f"need one weight per model, got {len(models)} models and {len(weights)} weights")
-    total = float(sum(weights))
-    if total <= 0 or any(weight < 0 for weight in weights):
-        raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
-    states = [model.state_dict() for model in models]
-    averaged = {}
-    for key, first in states[0].items():
-        mean = sum(state[key].double() * (weight / total) for state, weight in zip(states, weights))
-        averaged[key] = mean.to(first.dtype)
-    return averaged
+    """Return the `weights`-weighted average of the models' state dicts (:func:`average_state_dicts`)."""
+    return average_state_dicts([model.state_dict() for model in models], list(weights))
 
 
 class DataFreeStrategy(FedLabStrategy):
