@@ -729,7 +729,7 @@ def train_datafree(
 
 
 def collect_local_models(server: ServerRun, node_ids: list[int]) -> tuple[list[nn.Module], list[float]]:
-    """Send the initial global model to every client; return their local models and sample counts."""
+    """Send the initial global model to every client and return their local models and sample counts."""
     initial = server.build_model()
     content = RecordDict(
         {ARRAYS_KEY: model_to_record(initial), CONFIG_KEY: ConfigRecord({"server-round": 1})}

@@ -568,5 +568,5 @@ def test_both_strategies_are_registered() -> None:
     assert STRATEGIES.get("coboosting") is CoBoostingStrategy
 
 
-def test_settings_defaults_match_the_run_config_defaults() -> None:
+def test_settings_defaults_match_run_config() -> None:
     assert DataFreeSettings.from_config(RunConfig(), coboosting=False) == DataFreeSettings()

@@ -137,7 +137,7 @@ def test_first_send_waits_for_ray_to_start(monkeypatch: pytest.MonkeyPatch) -> N
     assert grid.inner.max_pending == 4
 
 
-def test_fallback_window_is_not_kept_once_ray_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_window_dropped_once_ray_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(dispatch.sys.modules, "ray", fake_ray(1.0, initialized=False))
     grid = WindowedGrid(FakeGrid(replies_per_pull=1), window=0, ray_wait_seconds=0.2)
     assert grid.window == FALLBACK_WINDOW

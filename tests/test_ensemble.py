@@ -6,7 +6,7 @@ import torch
 from strategies.ensemble import LogitEnsemble
 
 
-def test_logit_ensemble_averages_the_members_logits() -> None:
+def test_logit_ensemble_averages_member_logits() -> None:
     members = [torch.nn.Linear(4, 3) for _ in range(3)]
     inputs = torch.randn(5, 4)
     expected = torch.stack([member(inputs) for member in members]).mean(dim=0)
