@@ -15,10 +15,8 @@ with ``datafree-ensemble-output='logits'`` the logit average of the paper. The l
 With ``datafree-student-init='average'`` (the default) the student starts from the
 sample-weighted average of the local models, one-shot FedAvg's result, as in FedDF (Lin et
 al., NeurIPS 2020, https://arxiv.org/abs/2006.07242); ``'random'`` starts it from the run's
-seeded initial weights. On MNIST with 10 clients, Dirichlet alpha 0.1, seed 0, a width-32
-ConvNet and 10 local epochs (the benchmark grids' settings) and the default budget of 100
-generator steps, the average start raised the student's test accuracy from 0.24-0.37 to
-0.65-0.70, where one-shot FedAvg of the same local models gives 0.63.
+seeded initial weights. With the default budget of 100 generator steps, a random start
+stays below one-shot FedAvg on MNIST under strong label skew (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
