@@ -48,7 +48,9 @@ from benchmarks.suite import (  # noqa: E402
     pending_cells,
     project_relative,
     read_results,
+    reuse_rows,
     run_cells,
+    write_results,
 )
 
 RESULTS_ROOT = PROJECT_DIR / "benchmarks" / "results" / "heterogeneity"
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", nargs="+", default=None, help="run only these datasets of the grid")
     parser.add_argument("--run-config", action="append", default=[],
                         help="overrides for every cell, e.g. \"data-root='/data/imagenette2'\"; part of each cell's identity")
+    parser.add_argument("--reuse", action="append", default=[], metavar="GRID_OR_CSV",
+                        help="copy finished cells that this grid shares with another grid's results (a grid name "
+                             "or a runs.csv path) instead of running them again; repeatable")
     parser.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
     parser.add_argument("--cell-timeout", type=float, default=None,
                         help="seconds before one cell's run is stopped and recorded as failed (default: no limit)")
@@ -90,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-only", action="store_true", help="rewrite table.md and the plots from runs.csv")
     parser.add_argument("--list", action="store_true", help="list the named grids and exit")
     return parser
+
+
+def reuse_source(item: str) -> Path:
+    """Return the results file named by `item`: a grid name, a results folder or a CSV path."""
+    path = Path(item)
+    if path.suffix == ".csv":
+        return path
+    if path.is_dir():
+        return path / RESULTS_FILE
+    return RESULTS_ROOT / item / RESULTS_FILE
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, object]:
@@ -288,6 +303,17 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.reuse:
+        try:
+            frame, counts = reuse_rows(valid, frame, [reuse_source(item) for item in args.reuse])
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for source, count in counts.items():
+            print(f"reused {count} finished cells from {project_relative(source)}")
+        if sum(counts.values()) and not args.dry_run:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_results(results_path, frame, list(valid[0].coordinates))
     pending, _, _ = pending_cells(valid, frame, args.retry_failed)
     pending_ids = {cell.cell_id for cell in pending}
     done = [cell for cell in valid if cell.cell_id not in pending_ids]

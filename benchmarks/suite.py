@@ -392,6 +392,35 @@ def pending_cells(cells: Iterable[Cell], frame: pd.DataFrame, retry_failed: bool
     return pending, done, skipped
 
 
+def reuse_rows(
+    cells: Iterable[Cell], frame: pd.DataFrame, sources: Sequence[Path]
+) -> tuple[pd.DataFrame, dict[Path, int]]:
+    """Copy finished rows of `cells` from other results files into `frame`.
+
+    Two grids that share a cell (the same run config, so the same id) need to run it only once.
+    A row is copied when its cell belongs to `cells` and finished in the source. A cell that
+    `frame` already holds as finished keeps its row, and a failed row there is replaced. Rows
+    keep their command, which reproduces the run wherever its output goes. Returns the new
+    frame and the number of rows taken from each source.
+    """
+    grid_ids = {cell.cell_id for cell in cells}
+    done = set(frame.loc[frame["status"] == OK, "cell_id"].astype(str)) if len(frame) else set()
+    counts: dict[Path, int] = {}
+    for source in sources:
+        if not source.is_file():
+            raise ValueError(f"no results file to reuse at {source}; name a grid with results or a runs.csv path")
+        rows = read_results(source)
+        rows = rows[(rows["status"] == OK) & rows["cell_id"].astype(str).isin(grid_ids - done)]
+        rows = rows.drop_duplicates("cell_id", keep="last")
+        counts[source] = len(rows)
+        if len(rows):
+            copied = set(rows["cell_id"].astype(str))
+            others = frame[~frame["cell_id"].astype(str).isin(copied)] if len(frame) else frame
+            frame = pd.concat([others, rows], ignore_index=True) if len(others) else rows.reset_index(drop=True)
+            done |= copied
+    return frame, counts
+
+
 def run_cells(
     cells: Sequence[Cell],
     results_path: Path,

@@ -465,6 +465,50 @@ def test_script_resumes_and_extends_clients(tmp_path: Path) -> None:
     assert "5 clients" in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_script_reuses_shared_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_script(tmp_path, FakeRunner(), "--seeds", "0")
+    first = pd.read_csv(tmp_path / "out" / "runs.csv", dtype={"cell_id": str})
+    capsys.readouterr()
+
+    runner = FakeRunner()
+    assert heterogeneity.main(
+        ["--grid", str(write_grid(tmp_path)), "--out", str(tmp_path / "other"), "--runs-dir", str(tmp_path / "runs"),
+         "--reuse", str(tmp_path / "out")],
+        runner=runner,
+    ) == 0
+
+    # Seed 0's four cells come from the first file; only seed 1 runs.
+    assert {cell.coordinates["seed"] for cell, _ in runner.calls} == {1}
+    assert len(runner.calls) == 4
+    assert "reused 4 finished cells" in capsys.readouterr().out
+    second = pd.read_csv(tmp_path / "other" / "runs.csv", dtype={"cell_id": str})
+    assert len(second) == 8
+    copied = second[second["cell_id"].isin(first["cell_id"])]
+    assert list(copied["command"]) == list(first["command"])
+
+
+def test_script_reuse_skips_failed_rows(tmp_path: Path) -> None:
+    run_script(tmp_path, FakeRunner(fail=("FedSD2C",)), "--seeds", "0")
+
+    runner = FakeRunner()
+    heterogeneity.main(
+        ["--grid", str(write_grid(tmp_path)), "--out", str(tmp_path / "other"), "--runs-dir", str(tmp_path / "runs"),
+         "--seeds", "0", "--reuse", str(tmp_path / "out" / "runs.csv")],
+        runner=runner,
+    )
+
+    assert {cell.coordinates["method"] for cell, _ in runner.calls} == {"FedSD2C"}
+
+
+def test_script_reuse_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = FakeRunner()
+
+    assert run_script(tmp_path, runner, "--reuse", str(tmp_path / "nowhere.csv")) == 2
+
+    assert runner.calls == []
+    assert "nowhere.csv" in capsys.readouterr().err
+
+
 def test_script_exits_nonzero_after_failures(tmp_path: Path) -> None:
     assert run_script(tmp_path, FakeRunner(fail=("FedSD2C",))) == 1
     assert (tmp_path / "out" / "table.md").is_file()
