@@ -584,6 +584,16 @@ def test_named_grid_cells_valid(name: str) -> None:
         assert config.num_clients == cell.num_clients
 
 
+@pytest.mark.parametrize(("name", "shared"), [("default", 45), ("clients", 15)])
+def test_grid_shares_mnist_cells(name: str, shared: int) -> None:
+    # --reuse mnist relies on these grids running the mnist grid's cells with equal settings.
+    mnist = {cell.cell_id for cell in load_grid("mnist").cells()}
+
+    ids = {cell.cell_id for cell in load_grid(name).cells()}
+
+    assert len(ids & mnist) == shared
+
+
 def test_default_grid_axes() -> None:
     grid = load_grid("default")
 
