@@ -46,25 +46,25 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def overrides(tmp_path: Path, **extra: object) -> str:
+def overrides(tmp_path: Path, ae_cache_dir: Path, **extra: object) -> str:
     values = {
         **SMALL_RUN,
         "output-dir": str(tmp_path / "outputs"),
-        "ae-cache-dir": str(tmp_path.parent / "ae-cache"),
+        "ae-cache-dir": str(ae_cache_dir),
         **extra,
     }
     return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES.names())
-def test_strategy_run_completes(tmp_path: Path, strategy: str) -> None:
+def test_strategy_run_completes(tmp_path: Path, ae_cache_dir: Path, strategy: str) -> None:
     extra = {"strategy": strategy}
     if strategy == "fedavg":
         extra["num-server-rounds"] = 2
     if strategy in ("dense", "coboosting"):
         # A few generator epochs exercise every step; the student starts from the average.
         extra["datafree-epochs"] = 3
-    result = run_cli(tmp_path, "--clients", str(NUM_CLIENTS), "--run-config", overrides(tmp_path, **extra))
+    result = run_cli(tmp_path, "--clients", str(NUM_CLIENTS), "--run-config", overrides(tmp_path, ae_cache_dir, **extra))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     # The last line printed is the results path.
@@ -90,6 +90,13 @@ def test_strategy_run_completes(tmp_path: Path, strategy: str) -> None:
     manifest = json.loads((run_dir / "partition_manifest.json").read_text())
     assert len(manifest["partitions"]) == NUM_CLIENTS
     assert torch.load(run_dir / "model.pt", weights_only=True)
+
+    # One CPU per client and no GPU: Ray hides every GPU from the actors.
+    for row in results["placement"]["clients"]:
+        assert row["gpu_fraction"] == 0.0
+        assert row["memory_cap_fraction"] == 0.0
+        assert row["device"] == "cpu"
+        assert row["cuda_visible_devices"] == ""
 
     if strategy == "fedsd2c":
         # Distillates are far smaller than a model upload.

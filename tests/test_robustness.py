@@ -79,13 +79,8 @@ def complete_run(values: dict[str, object], output_dir: Path, cache_dir: Path) -
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ae-cache")
-
-
-@pytest.fixture(scope="module")
-def fedsd2c_reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, object]:
-    return complete_run(FEDSD2C_FAULTS, tmp_path_factory.mktemp("reference"), cache_dir)
+def fedsd2c_reference(tmp_path_factory: pytest.TempPathFactory, ae_cache_dir: Path) -> dict[str, object]:
+    return complete_run(FEDSD2C_FAULTS, tmp_path_factory.mktemp("reference"), ae_cache_dir)
 
 
 def test_malformed_replies_are_rejected_and_the_run_completes(fedsd2c_reference: dict[str, object]) -> None:
@@ -110,11 +105,11 @@ def test_malformed_replies_are_rejected_and_the_run_completes(fedsd2c_reference:
 
 
 def test_killed_server_resumes_to_the_same_accuracy(
-    tmp_path: Path, cache_dir: Path, fedsd2c_reference: dict[str, object]
+    tmp_path: Path, ae_cache_dir: Path, fedsd2c_reference: dict[str, object]
 ) -> None:
     output_dir = tmp_path / "outputs"
     log = (tmp_path / "run.log").open("w")
-    process = subprocess.Popen(run_args(FEDSD2C_FAULTS, output_dir, cache_dir), stdout=log,
+    process = subprocess.Popen(run_args(FEDSD2C_FAULTS, output_dir, ae_cache_dir), stdout=log,
                                stderr=subprocess.STDOUT, env=run_env(), start_new_session=True)
     try:
         # Wait until every reply is stored, then stop the run while the server trains.
@@ -153,7 +148,7 @@ def test_killed_server_resumes_to_the_same_accuracy(
     assert again.returncode == 2 and "--force" in again.stderr
 
 
-def test_failed_and_late_clients_are_named(tmp_path: Path, cache_dir: Path) -> None:
+def test_failed_and_late_clients_are_named(tmp_path: Path, ae_cache_dir: Path) -> None:
     # The simulation ends only when the late client's sleep does, so it is kept short.
     values = {
         "strategy": "fedavg",
@@ -168,7 +163,7 @@ def test_failed_and_late_clients_are_named(tmp_path: Path, cache_dir: Path) -> N
         "reply-timeout": 90.0,
         "node-wait-seconds": 60.0,
     }
-    results = complete_run(values, tmp_path / "outputs", cache_dir)
+    results = complete_run(values, tmp_path / "outputs", ae_cache_dir)
     expected = assigned_faults(RunConfig.from_run_config(
         {k: v for k, v in values.items()}
     ))
