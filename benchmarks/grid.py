@@ -17,6 +17,7 @@ the registry needs only a new ``[[methods]]`` entry. The file format::
     name = "FedAvg 10 rounds"                    # the label in tables and plots
     run-config = { strategy = "fedavg", num-server-rounds = 10 }
     estimate-seconds = { mnist = 60, digits = 45 }   # or one number; per cell at 10 clients
+    by-dataset = { digits = { local-epochs = 8 } }   # optional: this method's keys for one dataset
     pretrains-autoencoder = false                # true adds the dataset's autoencoder-seconds once
 
     [[datasets]]
@@ -34,8 +35,8 @@ the registry needs only a new ``[[methods]]`` entry. The file format::
     alpha = [0.1, 0.5]                           # a list expands into one partition per value
     label = "alpha={alpha}"                      # optional; default: partitioner and its keys
 
-When keys collide, later sources win: grid, dataset, model, method, partition, then the client
-count and seed of the cell.
+When keys collide, later sources win: grid, dataset, model, method, the method's by-dataset
+entry, partition, then the client count and seed of the cell.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import math
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class Method:
     run_config: dict[str, Any]
     estimate_seconds: float | dict[str, float] = 0.0
     pretrains_autoencoder: bool = False
+    by_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def estimate_for(self, dataset: str) -> float:
         if isinstance(self.estimate_seconds, Mapping):
@@ -157,6 +159,7 @@ class Grid:
                 **dataset.run_config,
                 **model.run_config,
                 **method.run_config,
+                **method.by_dataset.get(dataset.name, {}),
                 **partition.run_config,
                 **(extra_run_config or {}),
                 "num-clients": clients,
@@ -304,6 +307,14 @@ def parse_grid(data: Mapping[str, Any], name: str, source: str = "<grid>") -> Gr
         for i, entry in enumerate(_tables(data, "partitions", source))
         for partition in _partitions(entry, f"{source} partitions[{i}]")
     )
+    dataset_names = {dataset.name for dataset in datasets}
+    for method in methods:
+        unknown = sorted(set(method.by_dataset) - dataset_names)
+        if unknown:
+            raise GridError(
+                f"{source}: method {method.name!r} has by-dataset entries for {', '.join(map(repr, unknown))}, "
+                f"which the grid does not run; use one of {', '.join(map(repr, sorted(dataset_names)))}"
+            )
     for kind, entries in (("method", methods), ("dataset", datasets), ("model", models), ("partition", partitions)):
         names = [getattr(entry, "name", None) or entry.label for entry in entries]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -324,8 +335,12 @@ def parse_grid(data: Mapping[str, Any], name: str, source: str = "<grid>") -> Gr
 
 
 def _method(entry: Mapping[str, Any], where: str) -> Method:
-    _check_keys(entry, {"name", "run-config", "estimate-seconds", "pretrains-autoencoder"}, where)
+    _check_keys(entry, {"name", "run-config", "estimate-seconds", "pretrains-autoencoder", "by-dataset"}, where)
     run_config = _run_config(entry.get("run-config", {}), where)
+    by_dataset = entry.get("by-dataset", {})
+    if not isinstance(by_dataset, Mapping):
+        raise GridError(f"{where}: by-dataset must be a table of dataset names to run-config tables")
+    by_dataset = {str(key): _run_config(value, f"{where} by-dataset.{key}") for key, value in by_dataset.items()}
     if "strategy" not in run_config:
         raise GridError(f"{where}: run-config must set 'strategy'")
     estimate = entry.get("estimate-seconds", 0.0)
@@ -338,6 +353,7 @@ def _method(entry: Mapping[str, Any], where: str) -> Method:
         run_config=run_config,
         estimate_seconds=estimate,
         pretrains_autoencoder=_bool(entry.get("pretrains-autoencoder", False), f"{where} pretrains-autoencoder"),
+        by_dataset=by_dataset,
     )
 
 

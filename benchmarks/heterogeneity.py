@@ -240,6 +240,8 @@ def settings_text(grid: Grid, extra: dict[str, object]) -> str:
             lines.append(f"- model {model.name}: `{format_run_config(model.run_config)}`")
     for method in grid.methods:
         lines.append(f"- {method.name}: `{format_run_config(method.run_config)}`")
+        for dataset, run_config in method.by_dataset.items():
+            lines.append(f"- {method.name} on {dataset}: `{format_run_config(run_config)}`")
     lines.append(f"- clients: {', '.join(map(str, grid.clients))}; seeds: {', '.join(map(str, grid.seeds))}")
     return "\n".join(lines) + "\n"
 

@@ -124,6 +124,19 @@ def test_grid_cell_run_config_precedence() -> None:
     assert ensemble_iid.coordinates["strategy"] == "ensemble"
 
 
+def test_grid_method_by_dataset_overrides() -> None:
+    methods = [
+        {"name": "FedAvg 10 rounds", "run-config": {"strategy": "fedavg", "local-epochs": 2},
+         "by-dataset": {"digits": {"local-epochs": 8}}},
+    ]
+    datasets = [{"name": "digits", "run-config": {"local-epochs": 40}}, {"name": "mnist"}]
+
+    cells = small_grid(methods=methods, datasets=datasets).cells()
+
+    epochs = {c.coordinates["dataset"]: c.run_config["local-epochs"] for c in cells}
+    assert epochs == {"digits": 8, "mnist": 2}
+
+
 def test_grid_estimate_scales_with_clients() -> None:
     cells = small_grid(clients=[10, 20]).cells()
     by_clients = {c.num_clients: c.estimate_seconds for c in cells if c.coordinates["method"] == "Ensemble"}
@@ -191,6 +204,10 @@ def test_grid_restrict_changes_axes() -> None:
         ({"partitions": [{"alpha": [0.1]}]}, "'partitioner' is missing"),
         ({"datasets": [{"name": "digits"}, {"name": "digits"}]}, "must be unique"),
         ({"federation-config": {"num-supernodes": 3}}, "num-supernodes"),
+        ({"methods": [{"name": "X", "run-config": {"strategy": "fedavg"}, "by-dataset": {"mnist": {"ipc": 2}}}]},
+         "by-dataset entries for 'mnist'"),
+        ({"methods": [{"name": "X", "run-config": {"strategy": "fedavg"}, "by-dataset": {"digits": 3}}]},
+         "by-dataset.digits"),
     ],
 )
 def test_grid_rejects_malformed_file(changes: dict[str, Any], message: str) -> None:
