@@ -52,6 +52,7 @@ from benchmarks.suite import (  # noqa: E402
     run_cells,
     write_results,
 )
+from fedlab.launch import signals_raise_system_exit  # noqa: E402
 
 RESULTS_ROOT = PROJECT_DIR / "benchmarks" / "results" / "heterogeneity"
 RUNS_ROOT = PROJECT_DIR / "outputs" / "benchmarks"
@@ -343,15 +344,17 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     # 3. Run, then write the table and plots even when some cells failed.
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    summary = run_cells(
-        valid,
-        results_path,
-        runner=runner or fedlab_runner(timeout=args.cell_timeout),
-        output_dir=project_relative(runs_dir),
-        ae_cache_dir=project_relative(cache_dir),
-        federation_config=grid.federation_config,
-        retry_failed=args.retry_failed,
-    )
+    # SIGTERM stops the sweep like Ctrl-C: the running cell's `fedlab run` is stopped with it.
+    with signals_raise_system_exit():
+        summary = run_cells(
+            valid,
+            results_path,
+            runner=runner or fedlab_runner(timeout=args.cell_timeout),
+            output_dir=project_relative(runs_dir),
+            ae_cache_dir=project_relative(cache_dir),
+            federation_config=grid.federation_config,
+            retry_failed=args.retry_failed,
+        )
     print(f"ran {summary.ran} cells in {format_duration(time.perf_counter() - started)}, {summary.failed} failed")
     table = write_report(grid, extra, out_dir, command)
     if table:

@@ -261,7 +261,7 @@ def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
         flwr_home = Path(temp_dir)
     link = start_superlink(flwr_home)
     try:
-        with _signals_raise_system_exit():
+        with signals_raise_system_exit():
             yield link
     finally:
         link.stop()
@@ -270,7 +270,7 @@ def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
 
 
 @contextlib.contextmanager
-def _signals_raise_system_exit() -> Iterator[None]:
+def signals_raise_system_exit() -> Iterator[None]:
     """Turn SIGTERM and SIGINT into SystemExit so that cleanup runs on `kill` too.
 
     A background job of a non-interactive shell ignores SIGINT, and SIGTERM's default

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -480,6 +481,54 @@ def test_script_resumes_and_extends_clients(tmp_path: Path) -> None:
     # A later invocation without --clients still reports the recorded 5-client cells.
     assert run_script(tmp_path, FakeRunner()) == 0
     assert "5 clients" in (tmp_path / "out" / "table.md").read_text()
+
+
+SWEEP_SCRIPT = """
+import sys
+from benchmarks import heterogeneity
+from benchmarks.suite import run_fedlab
+
+pid_file, grid, out = sys.argv[1:4]
+child = "import os, time; open({!r}, 'w').write(str(os.getpid())); time.sleep(600)".format(pid_file)
+
+def runner(cell, argv):
+    return run_fedlab([sys.executable, "-c", child])
+
+heterogeneity.main(["--grid", grid, "--out", out], runner=runner)
+"""
+
+
+def test_sigterm_stops_the_running_cell(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "cell.pid"
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", SWEEP_SCRIPT, str(pid_file), str(write_grid(tmp_path)), str(tmp_path / "out")],
+        cwd=PROJECT_DIR, env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            assert sweep.poll() is None, "the sweep exited before its first cell started"
+            time.sleep(0.1)
+        cell_pid = int(pid_file.read_text())
+
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(timeout=60) != 0
+
+        assert not Path(f"/proc/{cell_pid}").exists() or "Z" in Path(f"/proc/{cell_pid}/stat").read_text().split()[2]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+        if pid_file.is_file() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_script_reuses_shared_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
