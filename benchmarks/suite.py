@@ -399,7 +399,7 @@ def reuse_rows(
 
     Two grids that share a cell (the same run config, so the same id) need to run it only once.
     A row is copied when its cell belongs to `cells` and finished in the source. A cell that
-    `frame` already holds as finished keeps its row, and a failed row there is replaced. Rows
+    `frame` already contains as finished keeps its row, and a failed row there is replaced. Rows
     keep their command, which reproduces the run wherever its output goes. Returns the new
     frame and the number of rows taken from each source.
     """
