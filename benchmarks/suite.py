@@ -408,7 +408,7 @@ def reuse_rows(
     counts: dict[Path, int] = {}
     for source in sources:
         if not source.is_file():
-            raise ValueError(f"no results file to reuse at {source}; name a grid with results or a runs.csv path")
+            raise ValueError(f"results file to reuse not found: {source}; name a grid that has results or a runs.csv path")
         rows = read_results(source)
         rows = rows[(rows["status"] == OK) & rows["cell_id"].astype(str).isin(grid_ids - done)]
         rows = rows.drop_duplicates("cell_id", keep="last")

@@ -498,6 +498,15 @@ heterogeneity.main(["--grid", grid, "--out", out], runner=runner)
 """
 
 
+def process_running(pid: int) -> bool:
+    """Return whether `pid` is a live process; a zombie waiting to be reaped counts as stopped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_sigterm_stops_the_running_cell(tmp_path: Path) -> None:
     import os
     import signal
@@ -521,7 +530,7 @@ def test_sigterm_stops_the_running_cell(tmp_path: Path) -> None:
         sweep.send_signal(signal.SIGTERM)
         assert sweep.wait(timeout=60) != 0
 
-        assert not Path(f"/proc/{cell_pid}").exists() or "Z" in Path(f"/proc/{cell_pid}/stat").read_text().split()[2]
+        assert not process_running(cell_pid)
     finally:
         if sweep.poll() is None:
             sweep.kill()
