@@ -328,6 +328,53 @@ def wait_for_final_status(link: LocalSuperLink, run_id: int, timeout: float = 12
     return status
 
 
+def stage_app(app_dir: Path, dest: Path) -> Path:
+    """Copy the files that `flwr run` packages from `app_dir` into `dest`; return `dest`.
+
+    `flwr run` lists and resolves every file under the app folder before it filters them.
+    With the project's ``.venv`` inside that is over 50,000 files and several seconds of
+    every run. Here a folder that the app's ``.gitignore`` or Flower's publish rules
+    exclude as a whole is skipped without being listed, and the remaining files go through
+    Flower's own publish filter. `flwr run` applies the same rules again to the copy, so
+    the package it builds from `dest` is the one it would build from `app_dir`.
+    """
+    from flwr.cli.utils import build_pathspec, filter_paths_for_publish, load_gitignore_patterns
+    from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
+
+    app_dir = app_dir.resolve()
+    patterns = load_gitignore_patterns(app_dir / ".gitignore")
+    # A negated pattern can bring back a file below an ignored folder, so with one
+    # present only Flower's own exclusions skip folders.
+    specs = [build_pathspec(APP_PUBLISH_EXCLUDE_PATTERNS)]
+    if not any(pattern.startswith("!") for pattern in patterns):
+        specs.append(build_pathspec(patterns))
+
+    def skipped(relative_dir: str) -> bool:
+        # A pattern that names the folder, or every path below it, drops its whole content.
+        probes = (f"{relative_dir}/", f"{relative_dir}/-")
+        return any(all(spec.match_file(probe) for probe in probes) for spec in specs)
+
+    files: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(app_dir, followlinks=False):
+        relative = Path(dirpath).relative_to(app_dir)
+        dirnames[:] = [
+            name
+            for name in dirnames
+            if not (Path(dirpath) / name).is_symlink() and not skipped((relative / name).as_posix())
+        ]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                files[(relative / name).as_posix()] = path
+    if dest.exists():
+        shutil.rmtree(dest)
+    for relative_path in filter_paths_for_publish(files):
+        target = dest / relative_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files[relative_path], target)
+    return dest
+
+
 def flwr_run(
     link: LocalSuperLink,
     app_dir: Path,
@@ -336,8 +383,13 @@ def flwr_run(
     echo: bool = True,
     timeout: float | None = None,
 ) -> RunOutcome:
-    """Submit a run with `flwr run --stream`, wait for it to finish and return its outcome."""
-    command = [_tool_path("flwr"), "run", str(app_dir), CONNECTION_NAME, "--stream"]
+    """Submit a run with `flwr run --stream`, wait for it to finish and return its outcome.
+
+    The app is packaged from a copy of its files in the SuperLink's ``FLWR_HOME`` (see
+    :func:`stage_app`), so that `flwr run` does not list the project's virtual environment.
+    """
+    staged = stage_app(app_dir, link.flwr_home / "staged-app")
+    command = [_tool_path("flwr"), "run", str(staged), CONNECTION_NAME, "--stream"]
     if run_config:
         command += ["--run-config", format_overrides(run_config)]
     if federation_config:

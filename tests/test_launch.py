@@ -13,7 +13,10 @@ from fedlab.launch import (
     format_overrides,
     free_port,
     parse_results_path,
+    stage_app,
 )
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def test_format_overrides_quotes_strings_only() -> None:
@@ -85,3 +88,41 @@ def test_sigterm_stops_superlink_and_children(tmp_path: Path) -> None:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+
+
+def test_staged_app_packages_like_the_project_folder(tmp_path: Path) -> None:
+    from flwr.cli.build import build_fab_from_disk
+
+    staged = stage_app(PROJECT_DIR, tmp_path / "staged")
+    assert (staged / "pyproject.toml").is_file()
+    assert not (staged / ".venv").exists()
+    assert build_fab_from_disk(staged) == build_fab_from_disk(PROJECT_DIR)
+
+
+def _small_app(root: Path, gitignore: str) -> Path:
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "main.py").write_text("VALUE = 1\n")
+    (root / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (root / "outputs" / "run").mkdir(parents=True)
+    (root / "outputs" / "run" / "results.json").write_text("{}")
+    (root / "outputs" / "keep.json").write_text("{}")
+    (root / "notes.txt").write_text("not packaged")
+    (root / ".gitignore").write_text(gitignore)
+    return root
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
+def test_staged_app_skips_ignored_folders(tmp_path: Path) -> None:
+    app = _small_app(tmp_path / "app", "outputs/\n")
+    staged = stage_app(app, tmp_path / "staged")
+    assert _files(staged) == [".gitignore", "pkg/main.py", "pyproject.toml"]
+
+
+def test_staged_app_keeps_negated_files(tmp_path: Path) -> None:
+    # With a negated pattern the folder is listed and the publish filter decides per file.
+    app = _small_app(tmp_path / "app", "outputs/*\n!outputs/keep.json\n")
+    staged = stage_app(app, tmp_path / "staged")
+    assert _files(staged) == [".gitignore", "outputs/keep.json", "pkg/main.py", "pyproject.toml"]
