@@ -65,6 +65,11 @@ def load_done() -> dict[str, dict]:
     return done
 
 
+def row_command(overrides: str) -> str:
+    """The command recorded beside a row; a row whose command changed is run again."""
+    return f"fedlab run --clients {CLIENTS} --run-config \"{overrides}\""
+
+
 def run_row(name: str, overrides: str) -> dict:
     start = time.perf_counter()
     # A failed row raises CellFailed (a RuntimeError) with the run's error and stops the sweep.
@@ -72,7 +77,7 @@ def run_row(name: str, overrides: str) -> dict:
     results_path = Path(results["run_dir"]) / "results.json"
     return {
         "name": name,
-        "command": f"fedlab run --clients {CLIENTS} --run-config \"{overrides}\"",
+        "command": row_command(overrides),
         "test_accuracy": results["test_accuracy"],
         "upload_bytes_per_client": results["upload_bytes_per_client"],
         "model_bytes": results["model_bytes"],
@@ -104,7 +109,12 @@ def main() -> int:
     args = parser.parse_args()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     done = load_done()
-    todo = [(n, o) for n, o in ROWS if args.only.lower() in n.lower() and n not in done]
+    todo = [
+        (name, overrides)
+        for name, overrides in ROWS
+        if args.only.lower() in name.lower()
+        and done.get(name, {}).get("command") != row_command(overrides)
+    ]
     for index, (name, overrides) in enumerate(todo, start=1):
         print(f"[{index}/{len(todo)}] {name}: {overrides}", flush=True)
         row = run_row(name, overrides)

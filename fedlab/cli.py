@@ -31,15 +31,18 @@ def resolve_run_config(
 ) -> tuple[RunConfig, dict[str, Any]]:
     """Merge the app's defaults with `overrides` and validate; return the config and the overrides.
 
-    Relative ``output-dir`` and ``ae-cache-dir`` are made absolute against the current
-    folder, because the ServerApp runs in another working directory.
+    Relative ``output-dir``, ``ae-cache-dir``, ``data-root`` and autoencoder folders are made
+    absolute against the current folder, because the ServerApp runs in another working
+    directory.
     """
     parsed = _parse_pairs(overrides, "--run-config")
     if clients is not None:
         parsed["num-clients"] = clients
     merged = {**app_defaults(app_dir), **parsed}
-    for key in ("output-dir", "ae-cache-dir", "data-root"):
+    for key in ("output-dir", "ae-cache-dir", "data-root", "autoencoder"):
         value = merged.get(key, "")
+        if key == "autoencoder" and value in ("pretrain", "random"):
+            continue
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             parsed[key] = str(Path(value).expanduser().resolve())
     merged.update(parsed)

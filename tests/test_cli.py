@@ -33,6 +33,14 @@ def test_resolve_merges_defaults_and_overrides(tmp_path: Path, monkeypatch: pyte
     assert overrides["output-dir"] == str(tmp_path / "outputs")
 
 
+def test_resolve_makes_autoencoder_folder_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, overrides = resolve_run_config(PROJECT_DIR, ["autoencoder='saved/ae'"], clients=None)
+    assert overrides["autoencoder"] == str(tmp_path / "saved" / "ae")
+    _, overrides = resolve_run_config(PROJECT_DIR, ["autoencoder='random'"], clients=None)
+    assert overrides["autoencoder"] == "random"
+
+
 def test_resolve_rejects_bad_value() -> None:
     with pytest.raises(ConfigError, match="num-clients=0"):
         resolve_run_config(PROJECT_DIR, [], clients=0)
