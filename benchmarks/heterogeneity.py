@@ -329,8 +329,11 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     print(f"results: {project_relative(results_path)}; runs: {project_relative(runs_dir)}; "
           f"autoencoder cache: {project_relative(cache_dir)}")
     if args.dry_run:
-        print(f"estimated total for the {len(pending)} cells to run: "
-              + (format_duration(total) if total else "no estimate (the grid gives no estimate-seconds)"))
+        if not pending:
+            print("every cell is already in the results; nothing to run")
+        else:
+            print(f"estimated total for the {len(pending)} cells to run: "
+                  + (format_duration(total) if total else "no estimate (the grid gives no estimate-seconds)"))
         for problem in problems:
             print(f"warning: {problem}", file=sys.stderr)
         for index, cell in enumerate(estimated.values(), start=1):

@@ -604,6 +604,17 @@ def test_script_dry_run_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert out.count("fedlab run --clients 3") == 8
 
 
+def test_script_dry_run_after_a_full_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_script(tmp_path, FakeRunner()) == 0
+    capsys.readouterr()
+
+    runner = FakeRunner()
+    assert run_script(tmp_path, runner, "--dry-run") == 0
+
+    assert runner.calls == []
+    assert "every cell is already in the results; nothing to run" in capsys.readouterr().out
+
+
 def test_autoencoder_estimate_once_per_seed(tmp_path: Path) -> None:
     grid = load_grid(str(write_grid(tmp_path)))
     cells, _ = validate_cells(grid.cells())
