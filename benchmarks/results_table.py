@@ -66,7 +66,7 @@ def load_done() -> dict[str, dict]:
 
 
 def row_command(overrides: str) -> str:
-    """The command recorded beside a row; a row whose command changed is run again."""
+    """Return the command recorded beside a row; a row whose command changed runs again."""
     return f"fedlab run --clients {CLIENTS} --run-config \"{overrides}\""
 
 
