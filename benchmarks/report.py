@@ -255,12 +255,13 @@ def _finish(figure: plt.Figure, axes: Sequence[plt.Axes], path: Path, order: Seq
     labels = [label for label in order if label in handles] + [label for label in handles if label not in order]
     bottom = 0.0
     if handles:
-        columns = min(len(labels), 4)
+        # At most 4 columns, and about 1.6 inch per column so that a one-panel figure fits its legend.
+        columns = min(len(labels), 4, max(1, int(figure.get_figwidth() // 1.6)))
         figure.legend([handles[label] for label in labels], labels, loc="lower center",
                       ncol=columns, frameon=False)
         # Room for the legend: about 0.3 inch per legend row plus a margin.
         legend_rows = -(-len(labels) // columns)
         bottom = min(0.5, (0.3 * legend_rows + 0.15) / figure.get_figheight())
     figure.tight_layout(rect=(0, bottom, 1, 1))
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
