@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedlab.config import ConfigError, RunConfig
+from fedlab.config import AUTOENCODER_SOURCES, ConfigError, RunConfig
 
 logger = logging.getLogger("fedlab")
 
@@ -41,7 +41,7 @@ def resolve_run_config(
     merged = {**app_defaults(app_dir), **parsed}
     for key in ("output-dir", "ae-cache-dir", "data-root", "autoencoder"):
         value = merged.get(key, "")
-        if key == "autoencoder" and value in ("pretrain", "random"):
+        if key == "autoencoder" and value in AUTOENCODER_SOURCES:
             continue
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             parsed[key] = str(Path(value).expanduser().resolve())

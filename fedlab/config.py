@@ -22,6 +22,9 @@ FeatureSkewLevels = Literal["even", "random"]
 EnsembleOutput = Literal["logits", "probabilities"]
 StudentInit = Literal["average", "random"]
 
+# Values of the run-config key ``autoencoder`` that name a source rather than a folder.
+AUTOENCODER_SOURCES = ("pretrain", "random")
+
 
 class ConfigError(ValueError):
     """Invalid run-config value; the message names the key, the value and the fix."""
@@ -287,7 +290,7 @@ class RunConfig:
                 f"corrupts distillates, which strategy={self.strategy!r} does not upload; "
                 "use it with strategy='fedsd2c'"
             )
-        if self.autoencoder not in ("pretrain", "random") and not self.autoencoder.strip():
+        if self.autoencoder not in AUTOENCODER_SOURCES and not self.autoencoder.strip():
             raise ConfigError(
                 "run-config key 'autoencoder' is empty; use 'pretrain', 'random' or the path of "
                 "a saved diffusers AutoencoderKL folder"
