@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedlab-installed
-CLIENTS ?= 10
+# Empty: the app's num-clients default (10) or the one given in RUN_CONFIG.
+CLIENTS ?=
 RUN_CONFIG ?=
 FEDERATION_CONFIG ?=
 PYTEST_ARGS ?=
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedlab run --clients $(CLIENTS) --run-config "$(RUN_CONFIG)" --federation-config "$(FEDERATION_CONFIG)"
+	$(BIN)/fedlab run $(if $(CLIENTS),--clients $(CLIENTS)) --run-config "$(RUN_CONFIG)" --federation-config "$(FEDERATION_CONFIG)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

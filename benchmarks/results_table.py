@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/results_table.py            # all rows
     .venv/bin/python benchmarks/results_table.py --only fedsd2c
+    .venv/bin/python benchmarks/results_table.py --rerun     # measure every row again
 
 Rows already present in ``benchmarks/results/readme_runs.jsonl`` (same name and command)
-are skipped, so an interrupted sweep resumes. The table goes to
+are skipped, so an interrupted sweep resumes. ``--rerun`` measures them again, for example
+after a code change. New rows are appended and the table uses the latest row of each name,
+so earlier measurements stay in the file. The table goes to
 ``benchmarks/results/readme_table.md``.
 """
 
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,6 +74,18 @@ def row_command(overrides: str) -> str:
     return f"fedlab run --clients {CLIENTS} --run-config \"{overrides}\""
 
 
+def git_commit() -> str:
+    """Return the checked-out commit, with ``+changes`` when the tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}+changes" if dirty else head
+
+
 def run_row(name: str, overrides: str) -> dict:
     start = time.perf_counter()
     # A failed row raises CellFailed (a RuntimeError) with the run's error and stops the sweep.
@@ -84,8 +100,22 @@ def run_row(name: str, overrides: str) -> dict:
         "wall_seconds": round(time.perf_counter() - start, 1),
         "results": str(results_path.relative_to(PROJECT_DIR)) if results_path.is_relative_to(PROJECT_DIR) else str(results_path),
         "date": time.strftime("%Y-%m-%d"),
+        "commit": git_commit(),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores",
     }
+
+
+def rows_to_run(done: dict[str, dict], only: str = "", rerun: bool = False) -> list[tuple[str, str]]:
+    """Return the rows to measure: those matching `only` that are missing or whose command changed.
+
+    With `rerun`, every row matching `only` is measured again.
+    """
+    return [
+        (name, overrides)
+        for name, overrides in ROWS
+        if only.lower() in name.lower()
+        and (rerun or done.get(name, {}).get("command") != row_command(overrides))
+    ]
 
 
 def write_table(done: dict[str, dict]) -> None:
@@ -106,15 +136,11 @@ def write_table(done: dict[str, dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run only rows whose name contains this text")
+    parser.add_argument("--rerun", action="store_true", help="run the selected rows even if they are recorded")
     args = parser.parse_args()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     done = load_done()
-    todo = [
-        (name, overrides)
-        for name, overrides in ROWS
-        if args.only.lower() in name.lower()
-        and done.get(name, {}).get("command") != row_command(overrides)
-    ]
+    todo = rows_to_run(done, args.only, args.rerun)
     for index, (name, overrides) in enumerate(todo, start=1):
         print(f"[{index}/{len(todo)}] {name}: {overrides}", flush=True)
         row = run_row(name, overrides)

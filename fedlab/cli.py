@@ -37,6 +37,11 @@ def resolve_run_config(
     """
     parsed = _parse_pairs(overrides, "--run-config")
     if clients is not None:
+        if "num-clients" in parsed and parsed["num-clients"] != clients:
+            raise ConfigError(
+                f"--clients {clients} and run-config num-clients={parsed['num-clients']} disagree; "
+                "give the client count once (with make: make run CLIENTS=N)"
+            )
         parsed["num-clients"] = clients
     merged = {**app_defaults(app_dir), **parsed}
     for key in ("output-dir", "ae-cache-dir", "data-root", "autoencoder"):

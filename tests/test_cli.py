@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,30 @@ def test_resolve_makes_autoencoder_folder_absolute(tmp_path: Path, monkeypatch: 
 def test_resolve_rejects_bad_value() -> None:
     with pytest.raises(ConfigError, match="num-clients=0"):
         resolve_run_config(PROJECT_DIR, [], clients=0)
+
+
+def test_resolve_rejects_two_different_client_counts() -> None:
+    with pytest.raises(ConfigError, match="--clients 4 and run-config num-clients=20 disagree"):
+        resolve_run_config(PROJECT_DIR, ["num-clients=20"], clients=4)
+    config, _ = resolve_run_config(PROJECT_DIR, ["num-clients=4"], clients=4)
+    assert config.num_clients == 4
+
+
+@pytest.mark.parametrize(
+    ("make_args", "expected"),
+    [([], None), (["CLIENTS=7"], "--clients 7"), (["RUN_CONFIG=num-clients=20"], None)],
+)
+def test_make_run_passes_clients_only_when_given(make_args: list[str], expected: str | None) -> None:
+    # `make -n` prints the recipe without running it; the stamp keeps the install step out.
+    result = subprocess.run(
+        ["make", "-n", "-o", ".venv/.fedlab-installed", "run", *make_args],
+        cwd=PROJECT_DIR, capture_output=True, text=True, check=True,
+    )
+    line = next(line for line in result.stdout.splitlines() if "fedlab run" in line)
+    if expected is None:
+        assert "--clients" not in line
+    else:
+        assert expected in line
 
 
 def test_run_with_bad_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
