@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedlab.config import AUTOENCODER_SOURCES, ConfigError, RunConfig
+from fedlab.config import AUTOENCODER_SOURCES, ConfigError, RunConfig, read_saved_run_config
 
 logger = logging.getLogger("fedlab")
 
@@ -27,13 +27,15 @@ def app_defaults(app_dir: Path) -> dict[str, Any]:
 
 
 def resolve_run_config(
-    app_dir: Path, overrides: list[str], clients: int | None
+    app_dir: Path, overrides: list[str], clients: int | None, saved_run: str | None = None
 ) -> tuple[RunConfig, dict[str, Any]]:
     """Merge the app's defaults with `overrides` and validate; return the config and the overrides.
 
-    Relative ``output-dir``, ``ae-cache-dir``, ``data-root`` and autoencoder folders are made
-    absolute against the current folder, because the ServerApp runs in another working
-    directory.
+    With `saved_run` (a run folder or its ``config.json``), that run's saved config sits
+    between the defaults and `overrides`, except its ``run-name``, so the new run gets its
+    own folder. Relative ``output-dir``, ``ae-cache-dir``, ``data-root`` and autoencoder
+    folders are made absolute against the current folder, because the ServerApp runs in
+    another working directory.
     """
     parsed = _parse_pairs(overrides, "--run-config")
     if clients is not None:
@@ -43,6 +45,10 @@ def resolve_run_config(
                 "give the client count once (with make: make run CLIENTS=N)"
             )
         parsed["num-clients"] = clients
+    if saved_run is not None:
+        saved = read_saved_run_config(saved_run)
+        saved.pop("run-name", None)
+        parsed = {**saved, **parsed}
     merged = {**app_defaults(app_dir), **parsed}
     for key in ("output-dir", "ae-cache-dir", "data-root", "autoencoder"):
         value = merged.get(key, "")
@@ -73,7 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     app_dir = Path(args.app_dir).resolve()
     try:
-        config, overrides = resolve_run_config(app_dir, args.run_config, args.clients)
+        config, overrides = resolve_run_config(app_dir, args.run_config, args.clients, args.saved_run)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -203,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, default=None, help="number of simulated clients (sets num-clients and num-supernodes)")
     run.add_argument("--run-config", action="append", default=[], help="run-config overrides, e.g. \"strategy='fedavg' alpha=0.5\"")
     run.add_argument("--federation-config", action="append", default=[], help="federation overrides, e.g. \"client-resources-num-cpus=2\"")
+    run.add_argument("--from", dest="saved_run", metavar="RUN", default=None,
+                     help="start from the config saved by an earlier run (its folder or config.json); "
+                          "--clients and --run-config change it, and the run gets a new folder")
     run.add_argument("--quiet", action="store_true", help="do not echo the run's log")
     run.set_defaults(func=_cmd_run)
 

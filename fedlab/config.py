@@ -9,10 +9,12 @@ the key, the value received and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 LatentDtype = Literal["float16", "float32"]
@@ -328,3 +330,42 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
         f"invalid run-config value {key}={raw!r}: expected {type_name}, got {type(raw).__name__}"
         + (" (quote strings: key='value')" if hint is str else "")
     )
+
+
+def read_saved_run_config(path: str | Path) -> dict[str, Any]:
+    """Read the run config saved with a run: `path` is its run folder or its ``config.json``.
+
+    Every ``fedlab run`` saves ``{"run_config": {...}, "seed": ...}`` to ``config.json`` in
+    its run folder; this returns the ``run_config`` mapping (kebab-case keys).
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, is not that JSON object, or names keys that
+        :class:`RunConfig` does not have.
+    """
+    path = Path(path).expanduser()
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        raise ConfigError(
+            f"saved run config {str(config_path)!r} not found; pass the folder of a fedlab run "
+            "(outputs/<run-id>) or its config.json"
+        )
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"saved run config {str(config_path)!r} is not valid JSON: {err}") from err
+    run_config = saved.get("run_config") if isinstance(saved, dict) else None
+    if not isinstance(run_config, dict):
+        raise ConfigError(
+            f"saved run config {str(config_path)!r} has no 'run_config' object; it is not a "
+            "config.json written by fedlab run"
+        )
+    known = {f.name.replace("_", "-") for f in fields(RunConfig)}
+    unknown = sorted(set(run_config) - known)
+    if unknown:
+        raise ConfigError(
+            f"saved run config {str(config_path)!r} has keys this fedlab version does not know: "
+            f"{', '.join(unknown)}; run the version that wrote it, or remove them from a copy"
+        )
+    return dict(run_config)

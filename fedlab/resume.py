@@ -9,12 +9,11 @@ client.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-from fedlab.config import RunConfig
+from fedlab.config import RunConfig, read_saved_run_config
 from fedlab.federation import federated_data
 from fedlab.results import save_model, write_json
 from fedlab.server_run import ServerRun
@@ -41,13 +40,14 @@ def resume_run(run_dir: Path, force: bool = False) -> Path:
     from strategies import STRATEGIES
 
     run_dir = Path(run_dir).expanduser().resolve()
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found; pass the folder of a fedlab run (outputs/<run-id>)")
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"{run_dir / 'config.json'} not found; pass the folder of a fedlab run (outputs/<run-id>)"
+        )
     results_path = run_dir / "results.json"
     if results_path.exists() and not force:
         raise FileExistsError(f"{results_path} exists: the run already finished; pass --force to train again")
-    config = RunConfig.from_run_config(json.loads(config_path.read_text())["run_config"])
+    config = RunConfig.from_run_config(read_saved_run_config(run_dir))
     if config.strategy not in RESUMABLE_STRATEGIES:
         raise ValueError(
             f"strategy={config.strategy!r} keeps no uploads to resume from; resumable strategies: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from fedlab.autoencoder import load_autoencoder
 from fedlab.cli import main, resolve_run_config
-from fedlab.config import ConfigError
+from fedlab.config import ConfigError, RunConfig
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -69,6 +70,49 @@ def test_make_run_passes_clients_only_when_given(make_args: list[str], expected:
         assert "--clients" not in line
     else:
         assert expected in line
+
+
+def saved_run(folder: Path, **changes: object) -> Path:
+    """Write the config.json a run with `changes` to the defaults would have saved."""
+    config = RunConfig().replace(**changes)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"run_config": config.to_run_config(), "seed": config.seed}))
+    return folder
+
+
+def test_from_saved_run_keeps_its_config(tmp_path: Path) -> None:
+    folder = saved_run(tmp_path / "old-run", seed=3, alpha=0.7, ipc=4, run_name="old-run")
+    config, overrides = resolve_run_config(PROJECT_DIR, ["alpha=0.2"], clients=5, saved_run=str(folder))
+    assert config.seed == 3
+    assert config.ipc == 4
+    assert config.alpha == 0.2  # the command line wins over the saved config
+    assert config.num_clients == 5
+    assert config.run_name == ""  # a new folder, not the old run's
+    assert overrides["seed"] == 3  # passed on to flwr run, not only validated here
+    same, _ = resolve_run_config(PROJECT_DIR, [], clients=None, saved_run=str(folder / "config.json"))
+    assert same.alpha == 0.7
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not found"),
+        ("{not json", "is not valid JSON"),
+        ('{"seed": 0}', "has no 'run_config' object"),
+        ('{"run_config": {"alpha": 0.5, "old-key": 1}}', "does not know: old-key"),
+    ],
+)
+def test_from_rejects_bad_saved_config(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        resolve_run_config(PROJECT_DIR, [], clients=None, saved_run=str(path))
+
+
+def test_run_from_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--from", str(tmp_path / "missing")]) == 2
+    assert "outputs/<run-id>" in capsys.readouterr().err
 
 
 def test_run_with_bad_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

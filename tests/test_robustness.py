@@ -1,4 +1,8 @@
-"""Runs through `flwr run` with failing, late and malformed clients, and a killed server that resumes."""
+"""Runs through `flwr run` with failing, late and malformed clients, and a killed server that resumes.
+
+The killed run is started with `fedlab run --from` the reference run, so resuming it to the
+reference accuracy also checks that a saved config reproduces its run.
+"""
 
 from __future__ import annotations
 
@@ -107,10 +111,14 @@ def test_malformed_replies_are_rejected_and_the_run_completes(fedsd2c_reference:
 def test_killed_server_resumes_to_the_same_accuracy(
     tmp_path: Path, ae_cache_dir: Path, fedsd2c_reference: dict[str, object]
 ) -> None:
+    # The run starts from the reference run's saved config, which `--from` must reproduce.
     output_dir = tmp_path / "outputs"
+    reference_dir = Path(str(fedsd2c_reference["run_dir"]))
+    command = fedlab_command("run", "--app-dir", str(PROJECT_DIR), "--quiet", "--from", str(reference_dir),
+                             "--run-config", f"output-dir='{output_dir}'")
     log = (tmp_path / "run.log").open("w")
-    process = subprocess.Popen(run_args(FEDSD2C_FAULTS, output_dir, ae_cache_dir), stdout=log,
-                               stderr=subprocess.STDOUT, env=run_env(), start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=run_env(),
+                               start_new_session=True)
     try:
         # Wait until every reply is stored, then stop the run while the server trains.
         deadline = time.monotonic() + 600
@@ -131,6 +139,10 @@ def test_killed_server_resumes_to_the_same_accuracy(
         log.close()
     run_dir = state_file.parent.parent
     assert not (run_dir / "results.json").exists(), "the run finished before it could be stopped"
+    saved = json.loads((run_dir / "config.json").read_text())["run_config"]
+    reference = json.loads((reference_dir / "config.json").read_text())["run_config"]
+    assert saved["output-dir"] == str(output_dir)
+    assert {**saved, "output-dir": ""} == {**reference, "output-dir": ""}
 
     resumed = subprocess.run(fedlab_command("resume", str(run_dir)), capture_output=True, text=True,
                              timeout=600, check=False, env=run_env())
