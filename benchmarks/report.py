@@ -179,8 +179,18 @@ def _subplots(count: int, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]
     return figure, flat[:count]
 
 
+def is_alpha_axis(partitions: Sequence[str]) -> bool:
+    """Return whether the partitions are Dirichlet alpha values and IID, an ordered axis."""
+    return all(label == "IID" or label.startswith("alpha=") for label in partitions)
+
+
 def _plot_against_partition(stats: pd.DataFrame, colours: dict[str, str], partitions: Sequence[str], path: Path) -> None:
-    """Plot accuracy against the partition (alpha values, then IID) at the most common client count."""
+    """Plot accuracy against the partition at the most common client count.
+
+    Alpha values and IID form an ordered axis and are joined by lines; other partitions
+    (quantity or feature skew) are categories, drawn as points only.
+    """
+    ordered = is_alpha_axis(partitions)
     facets = _facets(stats)
     figure, axes = _subplots(max(len(facets), 1))
     positions = {partition: i for i, partition in enumerate(partitions)}
@@ -194,10 +204,11 @@ def _plot_against_partition(stats: pd.DataFrame, colours: dict[str, str], partit
             rows["x"] = rows["partition"].map(positions)
             rows = rows.sort_values("x")
             axis.errorbar(rows["x"], rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
-                          marker="o", capsize=3, label=method, color=colour)
+                          marker="o", capsize=3, label=method, color=colour,
+                          linestyle="-" if ordered else "none")
         axis.set_xticks(range(len(partitions)), partitions, rotation=30, ha="right")
         axis.set_title(f"{title}, {clients} clients")
-        axis.set_xlabel("label skew (Dirichlet alpha) or IID")
+        axis.set_xlabel("label skew (Dirichlet alpha) or IID" if ordered else "partition")
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
     _finish(figure, axes, path, list(colours))

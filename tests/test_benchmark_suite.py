@@ -423,6 +423,14 @@ def test_plots_are_written(tmp_path: Path) -> None:
         assert path.stat().st_size > 5000
 
 
+@pytest.mark.parametrize(
+    ("partitions", "ordered"),
+    [(["alpha=0.1", "alpha=0.5", "IID"], True), (["IID", "rotation 0-90 deg"], False)],
+)
+def test_alpha_axis_only_for_label_skew(partitions: list[str], ordered: bool) -> None:
+    assert report.is_alpha_axis(partitions) is ordered
+
+
 # ---------------------------------------------------------------------------
 # The command-line script, with a fake runner
 # ---------------------------------------------------------------------------
@@ -678,6 +686,17 @@ def test_grid_shares_mnist_cells(name: str, shared: int) -> None:
     ids = {cell.cell_id for cell in load_grid(name).cells()}
 
     assert len(ids & mnist) == shared
+
+
+def test_skew_grid_shares_default_iid_cells() -> None:
+    # --reuse default copies the skew grid's IID cells: 5 methods x 3 seeds.
+    default = {cell.cell_id for cell in load_grid("default").cells()}
+    skew = load_grid("skew").cells()
+
+    shared = [cell for cell in skew if cell.cell_id in default]
+
+    assert len(shared) == 15
+    assert {cell.coordinates["partition"] for cell in shared} == {"IID"}
 
 
 def test_default_grid_axes() -> None:
