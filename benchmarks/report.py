@@ -73,38 +73,58 @@ def markdown_tables(
     partitions: Sequence[str],
     expected_seeds: int,
 ) -> str:
-    """Return markdown tables of test accuracy, one per dataset, model and client count.
+    """Return markdown tables of test accuracy, one per dataset and model, and per client count.
 
     Rows are `methods`, in that order; columns are `partitions` (alpha values and IID), in
-    that order. Each entry is the mean ± sample standard deviation over seeds. A method or
-    partition without rows in `frame` is left out.
+    that order. A grid with a single partition and several client counts gets one table
+    per dataset and model instead, with the client counts as columns. Each entry is the
+    mean ± sample standard deviation over seeds. A method or partition without rows in
+    `frame` is left out.
     """
     stats = seed_statistics(frame)
+    present = [p for p in partitions if p in set(stats["partition"])]
+    by_clients = len(present) == 1 and stats["num_clients"].nunique() > 1
     sections = []
-    for (dataset, model, clients), block in stats.groupby(["dataset", "model", "num_clients"], sort=False):
-        present_partitions = [p for p in partitions if p in set(block["partition"])]
-        present_methods = [m for m in methods if m in set(block["method"])]
-        lines = [
-            f"#### {dataset}, {model}, {clients} clients",
-            "",
-            "| method | " + " | ".join(present_partitions) + " |",
-            "|---|" + "---|" * len(present_partitions),
-        ]
-        for method in present_methods:
-            entries = []
-            for partition in present_partitions:
-                match = block[(block["method"] == method) & (block["partition"] == partition)]
-                if match.empty:
-                    entries.append("-")
-                    continue
-                row = match.iloc[0]
-                entries.append(
-                    format_mean_std(row["accuracy_mean"], row["accuracy_std"], int(row["seeds"]), expected_seeds,
-                                    int(row["failed"]))
-                )
-            lines.append(f"| {method} | " + " | ".join(entries) + " |")
-        sections.append("\n".join(lines))
+    if by_clients:
+        for (dataset, model), block in stats.groupby(["dataset", "model"], sort=False):
+            counts = sorted(int(count) for count in block["num_clients"].unique())
+            columns = [(f"{count} clients", block["num_clients"] == count) for count in counts]
+            title = f"#### {dataset}, {model}, {present[0]}"
+            sections.append(_accuracy_table(title, block, methods, columns, expected_seeds))
+    else:
+        for (dataset, model, clients), block in stats.groupby(["dataset", "model", "num_clients"], sort=False):
+            columns = [(partition, block["partition"] == partition)
+                       for partition in partitions if partition in set(block["partition"])]
+            title = f"#### {dataset}, {model}, {clients} clients"
+            sections.append(_accuracy_table(title, block, methods, columns, expected_seeds))
     return "\n\n".join(sections) + "\n"
+
+
+def _accuracy_table(
+    title: str, block: pd.DataFrame, methods: Sequence[str], columns: Sequence[tuple[str, pd.Series]],
+    expected_seeds: int,
+) -> str:
+    """Format one table: a row per method present in `block`, a column per (header, row mask)."""
+    lines = [
+        title,
+        "",
+        "| method | " + " | ".join(header for header, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for method in (m for m in methods if m in set(block["method"])):
+        entries = []
+        for _, mask in columns:
+            match = block[mask & (block["method"] == method)]
+            if match.empty:
+                entries.append("-")
+                continue
+            row = match.iloc[0]
+            entries.append(
+                format_mean_std(row["accuracy_mean"], row["accuracy_std"], int(row["seeds"]), expected_seeds,
+                                int(row["failed"]))
+            )
+        lines.append(f"| {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
 
 
 def cost_table(frame: pd.DataFrame, methods: Sequence[str]) -> str:

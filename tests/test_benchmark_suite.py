@@ -403,6 +403,20 @@ def test_table_mean_and_sample_std() -> None:
     assert "| B | 0.600 ± 0.141 (n=2) | failed |" in table
 
 
+def test_single_partition_table_has_client_columns() -> None:
+    frame = hand_made_rows()
+    frame = frame[frame["partition"] == "alpha=0.1"]
+    frame = pd.concat([frame.assign(num_clients=20, test_accuracy=frame["test_accuracy"] - 0.1), frame])
+
+    table = report.markdown_tables(frame, ["A", "B"], ["alpha=0.1", "IID"], expected_seeds=3)
+
+    assert table.count("####") == 1
+    assert "#### mnist, convnet, alpha=0.1" in table
+    assert "| method | 10 clients | 20 clients |" in table
+    assert "| A | 0.900 ± 0.100 | 0.800 ± 0.100 |" in table
+    assert "| B | 0.600 ± 0.141 (n=2) | 0.500 ± 0.141 (n=2) |" in table
+
+
 def test_cost_table_counts_runs_and_failures() -> None:
     table = report.cost_table(hand_made_rows(), ["A", "B"])
 
