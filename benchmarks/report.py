@@ -7,6 +7,7 @@ seed.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -189,10 +190,10 @@ def _facets(stats: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             for key, block in stats.groupby(keys, sort=False)]
 
 
-def _subplots(count: int, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]:
+def _subplots(count: int, columns: int = 3, panel_width: float = 4.8) -> tuple[plt.Figure, list[plt.Axes]]:
     columns = max(1, min(columns, count))
     rows = -(-count // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, 3.6 * rows), squeeze=False)
     flat = list(axes.flat)
     for unused in flat[count:]:
         unused.set_visible(False)
@@ -211,22 +212,30 @@ def _plot_against_partition(stats: pd.DataFrame, colours: dict[str, str], partit
     (quantity or feature skew) are categories, drawn as points only.
     """
     ordered = is_alpha_axis(partitions)
+    # Long partition names are wrapped onto lines of 16 characters and get about 1.2 inch each.
+    ticks = [textwrap.fill(partition, 16) for partition in partitions]
+    long_names = any("\n" in tick for tick in ticks)
     facets = _facets(stats)
-    figure, axes = _subplots(max(len(facets), 1))
+    figure, axes = _subplots(max(len(facets), 1), panel_width=max(4.8, 1.2 * len(partitions)) if long_names else 4.8)
     positions = {partition: i for i, partition in enumerate(partitions)}
     for axis, (title, block) in zip(axes, facets, strict=False):
         clients = int(block["num_clients"].mode().iloc[0])
         block = block[block["num_clients"] == clients]
-        for method, colour in colours.items():
+        for index, (method, colour) in enumerate(colours.items()):
             rows = block[block["method"] == method].copy()
             if rows.empty:
                 continue
-            rows["x"] = rows["partition"].map(positions)
+            # Points of unordered partitions are spread a little so that methods do not hide each other.
+            offset = 0.0 if ordered else 0.08 * (index - (len(colours) - 1) / 2)
+            rows["x"] = rows["partition"].map(positions) + offset
             rows = rows.sort_values("x")
             axis.errorbar(rows["x"], rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
                           marker="o", capsize=3, label=method, color=colour,
                           linestyle="-" if ordered else "none")
-        axis.set_xticks(range(len(partitions)), partitions, rotation=30, ha="right")
+        if long_names:
+            axis.set_xticks(range(len(partitions)), ticks, fontsize="small")
+        else:
+            axis.set_xticks(range(len(partitions)), partitions, rotation=30, ha="right")
         axis.set_title(f"{title}, {clients} clients")
         axis.set_xlabel("label skew (Dirichlet alpha) or IID" if ordered else "partition")
         axis.set_ylabel("test accuracy")
