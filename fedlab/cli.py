@@ -60,6 +60,22 @@ def resolve_run_config(
     return RunConfig.from_run_config(merged), parsed
 
 
+def check_run_folder_free(config: RunConfig) -> None:
+    """Reject a ``run-name`` whose folder already holds files, before any process starts.
+
+    The ServerApp refuses such a folder too, but only after the SuperLink and the
+    simulation have started; an interrupted run leaves exactly such a folder behind.
+    """
+    if not config.run_name:
+        return
+    folder = Path(config.output_dir).expanduser().resolve() / config.run_name
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ConfigError(
+            f"run folder {folder} already contains files; choose another run-name or output-dir, "
+            "or remove the folder"
+        )
+
+
 def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:
     """Parse ``key=value`` words with Flower's parser, turning its errors into ConfigError."""
     import click
@@ -80,6 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     app_dir = Path(args.app_dir).resolve()
     try:
         config, overrides = resolve_run_config(app_dir, args.run_config, args.clients, args.saved_run)
+        check_run_folder_free(config)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

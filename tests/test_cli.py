@@ -115,6 +115,13 @@ def test_run_from_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     assert "outputs/<run-id>" in capsys.readouterr().err
 
 
+def test_run_rejects_used_run_name_before_starting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    assert main(["run", "--run-config", f"output-dir='{tmp_path}' run-name='taken'"]) == 2
+    assert "already contains files" in capsys.readouterr().err
+
+
 def test_run_with_bad_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--run-config", "ipc=0"]) == 2
     assert "ipc=0" in capsys.readouterr().err
