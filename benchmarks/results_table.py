@@ -75,18 +75,24 @@ def row_command(overrides: str) -> str:
 
 
 def git_commit() -> str:
-    """Return the checked-out commit, with ``+changes`` when the tree differs from it."""
+    """Return the checked-out commit, with ``+changes`` when tracked files differ from it.
+
+    Changes under ``benchmarks/results/``, which this script writes itself, do not count.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+            cwd=PROJECT_DIR, capture_output=True, text=True, check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}+changes" if dirty else head
 
 
 def run_row(name: str, overrides: str) -> dict:
+    commit = git_commit()  # the code the run starts with
     start = time.perf_counter()
     # A failed row raises CellFailed (a RuntimeError) with the run's error and stops the sweep.
     results = run_fedlab(command_for(overrides))
@@ -100,7 +106,7 @@ def run_row(name: str, overrides: str) -> dict:
         "wall_seconds": round(time.perf_counter() - start, 1),
         "results": str(results_path.relative_to(PROJECT_DIR)) if results_path.is_relative_to(PROJECT_DIR) else str(results_path),
         "date": time.strftime("%Y-%m-%d"),
-        "commit": git_commit(),
+        "commit": commit,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores",
     }
 
