@@ -61,7 +61,7 @@ def resolve_run_config(
 
 
 def check_run_folder_free(config: RunConfig) -> None:
-    """Reject a ``run-name`` whose folder already holds files, before any process starts.
+    """Reject a ``run-name`` whose folder already contains files, before any process starts.
 
     The ServerApp refuses such a folder too, but only after the SuperLink and the
     simulation have started; an interrupted run leaves exactly such a folder behind.

@@ -18,7 +18,7 @@ def test_missing_rows_run_and_recorded_rows_are_skipped() -> None:
     assert len(todo) == len(ROWS) - 2
 
 
-def test_a_row_whose_command_changed_runs_again() -> None:
+def test_row_with_changed_command_runs_again() -> None:
     name = ROWS[0][0]
     done = {name: {"name": name, "command": "fedlab run --clients 10 --run-config \"ipc=5\""}}
     assert name in [row for row, _ in rows_to_run(done)]
