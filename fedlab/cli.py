@@ -63,8 +63,8 @@ def resolve_run_config(
 def check_run_folder_free(config: RunConfig) -> None:
     """Reject a ``run-name`` whose folder already contains files, before any process starts.
 
-    The ServerApp refuses such a folder too, but only after the SuperLink and the
-    simulation have started; an interrupted run leaves exactly such a folder behind.
+    The ServerApp rejects such a folder too, but only after the SuperLink and the
+    simulation have started. An interrupted run leaves exactly such a folder behind.
     """
     if not config.run_name:
         return
