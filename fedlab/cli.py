@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fedlab import results
 from fedlab.config import AUTOENCODER_SOURCES, ConfigError, RunConfig, read_saved_run_config
 
 logger = logging.getLogger("fedlab")
@@ -68,12 +69,10 @@ def check_run_folder_free(config: RunConfig) -> None:
     """
     if not config.run_name:
         return
-    folder = Path(config.output_dir).expanduser().resolve() / config.run_name
-    if folder.is_dir() and any(folder.iterdir()):
-        raise ConfigError(
-            f"run folder {folder} already contains files; choose another run-name or output-dir, "
-            "or remove the folder"
-        )
+    try:
+        results.check_run_folder_free(results.run_folder(config.output_dir, config.run_name))
+    except FileExistsError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:

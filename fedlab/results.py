@@ -8,10 +8,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -44,6 +44,8 @@ def _json_default(value: Any) -> Any:
 
 def save_model(path: Path, model: nn.Module) -> None:
     """Save the model's state dict with torch.save, atomically."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -55,15 +57,25 @@ def save_model(path: Path, model: nn.Module) -> None:
         raise
 
 
+def run_folder(output_dir: str, name: str) -> Path:
+    """Return the absolute path of run folder `name` under `output_dir`."""
+    return Path(output_dir).expanduser().resolve() / name
+
+
+def check_run_folder_free(run_dir: Path) -> None:
+    """Raise FileExistsError when `run_dir` already contains files, so no earlier run is overwritten."""
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"run folder {run_dir} already contains files; choose another run-name or output-dir, "
+            "or remove the folder"
+        )
+
+
 def make_run_dir(output_dir: str, strategy: str, flower_run_id: int, run_name: str = "") -> Path:
     """Create ``<output_dir>/<run-id>/`` where run-id = time, strategy and Flower's run id."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = run_name or f"{stamp}-{strategy}-{flower_run_id}"
-    run_dir = Path(output_dir).expanduser().resolve() / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(
-            f"run folder {run_dir} already contains files; choose another run-name or output-dir"
-        )
+    run_dir = run_folder(output_dir, run_name or f"{stamp}-{strategy}-{flower_run_id}")
+    check_run_folder_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

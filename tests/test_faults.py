@@ -260,3 +260,20 @@ def test_resume_refuses_finished_and_unsupported_runs(tmp_path: Path) -> None:
     write_json(tmp_path / "results.json", {})
     with pytest.raises(FileExistsError, match="--force"):
         resume_run(tmp_path)
+
+
+def test_make_run_dir_rejects_used_folder(tmp_path: Path) -> None:
+    from fedlab.results import make_run_dir
+
+    first = make_run_dir(str(tmp_path), "fedsd2c", 1, run_name="trial")
+    assert first == tmp_path.resolve() / "trial"
+    assert first.is_dir()
+    # An empty folder, such as one created by hand beforehand, is used as it is.
+    assert make_run_dir(str(tmp_path), "fedsd2c", 2, run_name="trial") == first
+    (first / "results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="trial already contains files"):
+        make_run_dir(str(tmp_path), "fedsd2c", 3, run_name="trial")
+    assert (first / "results.json").read_text() == "{}"
+    unnamed = make_run_dir(str(tmp_path), "fedavg", 4)
+    assert unnamed.parent == tmp_path.resolve()
+    assert unnamed.name.endswith("-fedavg-4")
