@@ -217,7 +217,13 @@ def _cmd_generate_credentials(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedlab", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedlab",
+        description="One-shot federated learning on Flower: FedSD2C and its baselines, in "
+        "simulation and on real devices.",
+        epilog="Every run-config key and its default: docs/run-config.md. "
+        "Run `fedlab COMMAND --help` for a command's options.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one simulation through `flwr run` on a private SuperLink")
