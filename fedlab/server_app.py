@@ -99,6 +99,7 @@ def build_results(
 ) -> dict[str, Any]:
     """Return the content of ``results.json`` for a finished run."""
     uploads = [server.upload_bytes[node] for node in node_ids if node in server.upload_bytes]
+    downloads = [server.download_bytes[node] for node in node_ids if node in server.download_bytes]
     return {
         "strategy": config.strategy,
         "dataset": config.dataset,
@@ -111,6 +112,7 @@ def build_results(
         "test_accuracy": outcome.test_accuracy,
         "upload_bytes_per_client": sum(uploads) / len(uploads) if uploads else 0.0,
         "upload_bytes_per_client_max": max(uploads, default=0),
+        "download_bytes_per_client": sum(downloads) / len(downloads) if downloads else 0.0,
         "model_bytes": model_upload_bytes(server.build_model()),
         "failed_clients": server.failed_clients(),
         "rejected_clients": server.failed_clients(REJECTED),
@@ -128,6 +130,7 @@ def build_results(
                 "node_id": node,
                 "partition_id": server.node_partitions.get(node),
                 "upload_bytes": server.upload_bytes.get(node, 0),
+                "download_bytes": server.download_bytes.get(node, 0),
                 **{key.replace("-", "_"): value for key, value in server.client_metrics.get(node, {}).items()},
             }
             for node in node_ids

@@ -80,6 +80,8 @@ def test_strategy_run_completes(tmp_path: Path, ae_cache_dir: Path, strategy: st
     assert results["test_accuracy"] > 0.5  # chance is 0.1
     assert results["upload_bytes_per_client"] > 0
     assert results["model_bytes"] > 0
+    downloads = [client["download_bytes"] for client in results["clients"]]
+    assert results["download_bytes_per_client"] == pytest.approx(sum(downloads) / NUM_CLIENTS)
     assert results["wall_seconds"] > 0
     for name in ("config.json", "partition_manifest.json", "model.pt"):
         assert (run_dir / name).exists(), name
@@ -101,12 +103,18 @@ def test_strategy_run_completes(tmp_path: Path, ae_cache_dir: Path, strategy: st
     if strategy == "fedsd2c":
         # Distillates are far smaller than a model upload.
         assert results["upload_bytes_per_client"] < results["model_bytes"] / 4
+        # Every request carries the autoencoder's weights, which dwarf the distillates.
+        assert results["download_bytes_per_client"] > 2 * results["upload_bytes_per_client"]
         assert results["num_distillates"] > 0
         assert results["autoencoder"]["test_psnr_db"] > 10
         for phase in ("local_training", "coreset", "synthesis", "server_training"):
             assert results["phase_seconds"][phase] > 0, phase
     if strategy == "fedavg":
         assert set(results["test_accuracy_per_round"]) == {"0", "1", "2"}
+        # Each of the 2 rounds sends the global model to every client.
+        assert results["download_bytes_per_client"] > 2 * results["model_bytes"]
+    else:
+        assert results["download_bytes_per_client"] > 0
 
 
 def test_invalid_config_fails_before_the_run(tmp_path: Path) -> None:
