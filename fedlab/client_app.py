@@ -7,12 +7,18 @@ A client finds its data through its node config, in one of two ways:
   partition. Data are loaded and partitioned once per process and reused.
 - ``data-path``: a device data folder (see :mod:`fedlab.device_data`), for real devices
   that hold only their own data.
+
+With ``autoencoder-delivery='local'`` the node config key ``autoencoder-path`` names the
+device's copy of the public autoencoder.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -22,7 +28,7 @@ from flwr.clientapp import ClientApp
 
 from clients import DISTILLERS
 from fedlab import faults
-from fedlab.autoencoder import autoencoder_fingerprint, decode_images
+from fedlab.autoencoder import autoencoder_fingerprint, decode_images, load_autoencoder
 from fedlab.config import RunConfig
 from fedlab.data import ImageDataset
 from fedlab.device_data import DATA_PATH_KEY, check_matches_run, load_device_data
@@ -50,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 # The placement mod pins every handler to its share of the GPU and reports where it ran.
 app = ClientApp(mods=[placement_mod])
+
+# Node config key of the device's copy of the public autoencoder (autoencoder-delivery='local').
+AUTOENCODER_PATH_KEY = "autoencoder-path"
 
 # Purposes mixed into the client's seeds so that each random stream is independent.
 _SEED_MODEL, _SEED_TRAIN, _SEED_DISTILL, _SEED_LATENT_NOISE = 1, 2, 3, 4
@@ -223,17 +232,72 @@ def train(msg: Message, context: Context) -> Message:
 def distill(msg: Message, context: Context) -> Message:
     """Distil local data into latents with the public autoencoder sent by the server."""
     client = ClientData.from_context(context)
-
-    # The public autoencoder arrives with the request; check it arrived intact.
-    ae_config = msg.content.config_records[AUTOENCODER_CONFIG_KEY]
-    autoencoder = autoencoder_from_records(msg.content.array_records[AUTOENCODER_KEY], ae_config)
-    autoencoder = autoencoder.to(client.device)
-    expected = str(ae_config.get("fingerprint", ""))
-    if expected and autoencoder_fingerprint(autoencoder) != expected:
-        raise ValueError("the received autoencoder does not match the server's fingerprint")
+    autoencoder = request_autoencoder(msg.content, context.node_config).to(client.device)
     fault = faults.before_reply(client.config, client.partition_id)
     content = distillation_reply(client, autoencoder)
     return Message(content=_apply_fault(content, fault, DISTILLATES_KEY, client.config), reply_to=msg)
+
+
+def request_autoencoder(content: RecordDict, node_config: Mapping[str, object]) -> nn.Module:
+    """Return the public autoencoder of a distillation request, on the CPU.
+
+    The request carries the autoencoder's weights, or with ``autoencoder-delivery='local'``
+    only its fingerprint and the server's folder. In that case the client loads its own copy
+    from the node config's ``autoencoder-path``, or else from the server's folder. Either way
+    the autoencoder must match the server's fingerprint.
+
+    Raises
+    ------
+    ValueError
+        When no copy is found or the autoencoder differs from the server's.
+    """
+    ae_config = content.config_records[AUTOENCODER_CONFIG_KEY]
+    expected = str(ae_config.get("fingerprint", ""))
+    if AUTOENCODER_KEY in content.array_records:
+        autoencoder = autoencoder_from_records(content.array_records[AUTOENCODER_KEY], ae_config)
+        fingerprint = autoencoder_fingerprint(autoencoder)
+        source = "the received autoencoder"
+    else:
+        folder = str(node_config.get(AUTOENCODER_PATH_KEY) or ae_config.get("path", ""))
+        autoencoder, fingerprint = _local_autoencoder(folder)
+        source = f"the autoencoder at {folder}"
+    if expected and fingerprint != expected:
+        raise ValueError(
+            f"{source} (fingerprint {fingerprint[:16]}) differs from the server's ({expected[:16]}); "
+            "give this client a copy of the server's autoencoder folder"
+        )
+    return autoencoder
+
+
+def _local_autoencoder(folder: str) -> tuple[nn.Module, str]:
+    """Load this client's copy of the public autoencoder and return it with its fingerprint."""
+    hint = (
+        f"copy the server's autoencoder folder to this device and start the SuperNode with "
+        f"--node-config \"{AUTOENCODER_PATH_KEY}='/absolute/path/to/autoencoder'\""
+    )
+    path = Path(folder).expanduser()
+    if not folder:
+        raise ValueError(f"the request carries no autoencoder and no folder to load it from; {hint}")
+    if not path.is_absolute():
+        raise ValueError(f"{AUTOENCODER_PATH_KEY}={folder!r} is a relative path; {hint}")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"no saved autoencoder at {folder} (config.json is missing); {hint}")
+    # The files' sizes and modification times are part of the cache key, so a replaced copy is reloaded.
+    stamp = tuple(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in sorted(path.iterdir())
+        if entry.is_file()
+    )
+    autoencoder, fingerprint = _load_autoencoder_cached(str(path.resolve()), stamp)
+    # A copy, so that moving it to a device never changes the cached one.
+    return copy.deepcopy(autoencoder), fingerprint
+
+
+@functools.lru_cache(maxsize=2)
+def _load_autoencoder_cached(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> tuple[nn.Module, str]:
+    del stamp  # only part of the cache key
+    autoencoder = load_autoencoder(folder)
+    return autoencoder, autoencoder_fingerprint(autoencoder)
 
 
 def _apply_fault(content: RecordDict, fault: str | None, record_key: str, config: RunConfig) -> RecordDict:

@@ -23,6 +23,7 @@ FeatureSkew = Literal["none", "rotation", "noise"]
 FeatureSkewLevels = Literal["even", "random"]
 EnsembleOutput = Literal["logits", "probabilities"]
 StudentInit = Literal["average", "random"]
+AutoencoderDelivery = Literal["message", "local"]
 
 # Values of the run-config key ``autoencoder`` that name a source rather than a folder.
 AUTOENCODER_SOURCES = ("pretrain", "random")
@@ -80,6 +81,7 @@ class RunConfig:
 
     # Public autoencoder
     autoencoder: str = "pretrain"
+    autoencoder_delivery: AutoencoderDelivery = "message"
     ae_downsample: int = 4
     ae_latent_channels: int = 4
     ae_base_channels: int = 8
@@ -297,6 +299,12 @@ class RunConfig:
                 "run-config key 'autoencoder' is empty; use 'pretrain', 'random' or the path of "
                 "a saved diffusers AutoencoderKL folder"
             )
+        _check(self, "autoencoder_delivery", self.autoencoder_delivery in get_args(AutoencoderDelivery),
+               f"one of {', '.join(get_args(AutoencoderDelivery))}")
+        _check(self, "autoencoder_delivery",
+               self.autoencoder_delivery != "local" or self.autoencoder != "random",
+               "'message' when autoencoder is 'random', because a random autoencoder has no saved "
+               "folder that clients could load")
 
 
 def _check(config: RunConfig, name: str, ok: bool, allowed: str) -> None:

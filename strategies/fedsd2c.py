@@ -52,19 +52,20 @@ class FedSD2CStrategy(FedLabStrategy):
         cfg = self.config
         store = UploadStore(server.output_dir)
 
-        # 1. The public autoencoder, shared with every client in the request.
-        # NOTE: every request carries the full autoencoder weights, so download volume grows
-        # with the client count; clients do not cache it by fingerprint yet.
+        # 1. The public autoencoder: its weights go with every request, or with
+        # autoencoder-delivery='local' only its fingerprint and folder, and each client
+        # loads its own copy.
         autoencoder, ae_info = self._autoencoder(server)
-        ae_arrays, ae_config = autoencoder_to_records(autoencoder)
-        ae_config["fingerprint"] = ae_info.fingerprint
-        content = RecordDict(
-            {
-                AUTOENCODER_KEY: ae_arrays,
-                AUTOENCODER_CONFIG_KEY: ae_config,
-                CONFIG_KEY: ConfigRecord({"server-round": 1}),
-            }
-        )
+        content = RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 1})})
+        if cfg.autoencoder_delivery == "local":
+            content[AUTOENCODER_CONFIG_KEY] = ConfigRecord(
+                {"fingerprint": ae_info.fingerprint, "path": ae_info.path}
+            )
+        else:
+            ae_arrays, ae_config = autoencoder_to_records(autoencoder)
+            ae_config["fingerprint"] = ae_info.fingerprint
+            content[AUTOENCODER_KEY] = ae_arrays
+            content[AUTOENCODER_CONFIG_KEY] = ae_config
 
         # 2-3. Clients train, select core-sets and synthesise; every reply is validated and
         # stored as it arrives, and a malformed one is rejected while the others are kept.

@@ -91,3 +91,11 @@ def test_integral_float_is_accepted_for_int() -> None:
 def test_empty_autoencoder_path_is_rejected() -> None:
     with pytest.raises(ConfigError, match="autoencoder"):
         RunConfig.from_run_config({"autoencoder": "  "})
+
+
+def test_local_autoencoder_delivery_needs_a_saved_folder() -> None:
+    assert RunConfig.from_run_config({"autoencoder-delivery": "local"}).autoencoder_delivery == "local"
+    with pytest.raises(ConfigError, match="autoencoder-delivery='local'.*'message' when autoencoder is 'random'"):
+        RunConfig.from_run_config({"autoencoder-delivery": "local", "autoencoder": "random"})
+    with pytest.raises(ConfigError, match="one of message, local"):
+        RunConfig.from_run_config({"autoencoder-delivery": "disk"})

@@ -1,12 +1,14 @@
 """A loopback deployment: TLS, SuperNode authentication and per-device data folders.
 
 One SuperLink and two SuperNodes run as separate Flower processes on 127.0.0.1, each
-with its own FLWR_HOME, exactly as on real devices except for the addresses.
+with its own FLWR_HOME, exactly as on real devices except for the addresses. The
+devices hold their own copy of the public autoencoder (``autoencoder-delivery='local'``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import subprocess
 import time
@@ -18,8 +20,11 @@ from pathlib import Path
 import pytest
 
 from fedlab.cli import resolve_run_config
+from fedlab.client_app import AUTOENCODER_PATH_KEY
 from fedlab.deploy import Credentials, SuperNodeKeys, generate_credentials
 from fedlab.device_data import prepare_device_data
+from fedlab.federation import federated_data
+from fedlab.public_autoencoder import prepare_autoencoder
 from fedlab.launch import (
     CONNECTION_NAME,
     LocalSuperLink,
@@ -55,6 +60,7 @@ SMALL_RUN = {
     "server-epochs": 60,
     "privacy-report": False,
     "node-wait-seconds": 60.0,
+    "autoencoder-delivery": "local",
 }
 # flwr 1.42 logs this exit code (SUPERNODE_CONNECTION_ERROR) when a SuperNode cannot
 # connect, then exits with status 1.
@@ -106,15 +112,21 @@ def start_superlink(home: Path, credentials: Credentials) -> LocalSuperLink:
     raise TimeoutError(f"SuperLink start timed out: no response on https://127.0.0.1:{port}/health; see {log_path}")
 
 
-def start_supernode(home: Path, link: LocalSuperLink, keys: SuperNodeKeys, data_path: Path) -> subprocess.Popen[bytes]:
-    """Start a SuperNode with TLS, an authentication key and a device data folder."""
+def start_supernode(
+    home: Path, link: LocalSuperLink, keys: SuperNodeKeys, data_path: Path, autoencoder_path: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a SuperNode with TLS, an authentication key, a device data folder and, optionally,
+    the device's copy of the public autoencoder."""
     home.mkdir(parents=True)
+    node_config = f'data-path="{data_path}"'
+    if autoencoder_path is not None:
+        node_config += f' {AUTOENCODER_PATH_KEY}="{autoencoder_path}"'
     command = [
         _tool_path("flower-supernode"),
         "--superlink", f"127.0.0.1:{link.port}",
         "--root-certificates", str(keys.root_certificate),
         "--auth-supernode-private-key", str(keys.private_key),
-        "--node-config", f'data-path="{data_path}"',
+        "--node-config", node_config,
         "--host", "127.0.0.1",
         "--port", str(free_port()),
     ]
@@ -169,6 +181,11 @@ def test_deployment_with_tls_and_supernode_auth(tmp_path: Path, processes: list)
     config, _ = resolve_run_config(PROJECT_DIR, [format_overrides(run_config)], None)
     data_folders = prepare_device_data(config, tmp_path / "data")
 
+    # The public autoencoder is pretrained into the server's cache before the run. Device 0
+    # gets its own copy through its node config; device 1 reads the server's folder.
+    _, ae_info = prepare_autoencoder(config, federated_data(config), Path(config.ae_cache_dir))
+    device_autoencoders = [shutil.copytree(ae_info.path, tmp_path / "device-0-autoencoder"), None]
+
     # 2. The SuperLink, and the two registered public keys.
     link = start_superlink(tmp_path / "superlink-home", credentials)
     processes.append(link.process)
@@ -180,7 +197,8 @@ def test_deployment_with_tls_and_supernode_auth(tmp_path: Path, processes: list)
 
     # 3. Two SuperNodes, each with its own FLWR_HOME, key and data folder.
     for i, (keys, folder) in enumerate(zip(registered, data_folders)):
-        processes.append(start_supernode(tmp_path / f"supernode-{i}-home", link, keys, folder))
+        home = tmp_path / f"supernode-{i}-home"
+        processes.append(start_supernode(home, link, keys, folder, device_autoencoders[i]))
     statuses = wait_for_online(link, node_ids)
     assert statuses == {node: "online" for node in node_ids}
 
@@ -194,6 +212,10 @@ def test_deployment_with_tls_and_supernode_auth(tmp_path: Path, processes: list)
     assert results["failed_clients"] == []
     assert sorted(client["partition_id"] for client in results["clients"]) == [0, 1]
     assert results["test_accuracy"] > 0.3  # chance is 0.1
+    # The requests carried the autoencoder's fingerprint, not its weights.
+    assert results["autoencoder"]["source"] == "pretrain-cached"
+    assert results["autoencoder"]["fingerprint"] == ae_info.fingerprint
+    assert results["download_bytes_per_client"] < 2_000
 
     # 5. A SuperNode whose key was never registered is refused and exits.
     intruder = start_supernode(tmp_path / "intruder-home", link, unregistered, data_folders[0])
