@@ -129,17 +129,22 @@ def _accuracy_table(
 
 
 def cost_table(frame: pd.DataFrame, methods: Sequence[str]) -> str:
-    """Return a markdown table of upload per client and wall time per method and dataset.
+    """Return a markdown table of traffic per client and wall time per method and dataset.
 
-    Upload is the mean over successful runs of ``upload_bytes_per_client`` in kilobytes
-    (1 KB = 1000 bytes); the wall time is the mean time of one whole `fedlab run`.
+    Upload and download are the means over successful runs of ``upload_bytes_per_client``
+    and ``download_bytes_per_client`` in kilobytes (1 KB = 1000 bytes). Rows written before
+    downloads were recorded leave the download empty (``-``). The wall time is the mean time
+    of one whole `fedlab run`.
     """
     ok = frame[frame["status"] == OK].copy()
-    for column in ("upload_bytes_per_client", "model_bytes", "wall_seconds"):
+    if "download_bytes_per_client" not in ok.columns:
+        ok["download_bytes_per_client"] = float("nan")
+    for column in ("upload_bytes_per_client", "download_bytes_per_client", "model_bytes", "wall_seconds"):
         ok[column] = pd.to_numeric(ok[column], errors="coerce")
     lines = [
-        "| method | dataset | upload per client (KB) | upload / model | wall time per run (s) | runs | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| method | dataset | upload per client (KB) | upload / model | download per client (KB) "
+        "| wall time per run (s) | runs | failed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         for dataset in dict.fromkeys(frame["dataset"]):
@@ -148,12 +153,14 @@ def cost_table(frame: pd.DataFrame, methods: Sequence[str]) -> str:
             if rows.empty and not failed:
                 continue
             if rows.empty:
-                lines.append(f"| {method} | {dataset} | - | - | - | 0 | {failed} |")
+                lines.append(f"| {method} | {dataset} | - | - | - | - | 0 | {failed} |")
                 continue
             upload = rows["upload_bytes_per_client"].mean()
             ratio = upload / rows["model_bytes"].mean()
+            download = rows["download_bytes_per_client"].mean()
+            download_text = "-" if pd.isna(download) else f"{download / 1000:.1f}"
             lines.append(
-                f"| {method} | {dataset} | {upload / 1000:.1f} | {ratio:.3f} | "
+                f"| {method} | {dataset} | {upload / 1000:.1f} | {ratio:.3f} | {download_text} | "
                 f"{rows['wall_seconds'].mean():.0f} | {len(rows)} | {failed} |"
             )
     return "\n".join(lines) + "\n"

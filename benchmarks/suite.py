@@ -51,6 +51,7 @@ HETEROGENEITY_COLUMNS = (
 RESULT_COLUMNS = (
     "test_accuracy",
     "upload_bytes_per_client",
+    "download_bytes_per_client",
     "model_bytes",
     "wall_seconds",
     "run_seconds",
@@ -286,6 +287,7 @@ def result_row(cell: Cell, results: Mapping[str, Any], command: str, wall_second
         **cell.coordinates,
         "test_accuracy": results.get("test_accuracy"),
         "upload_bytes_per_client": results.get("upload_bytes_per_client"),
+        "download_bytes_per_client": results.get("download_bytes_per_client"),
         "model_bytes": results.get("model_bytes"),
         "wall_seconds": round(wall_seconds, 1),
         "run_seconds": _rounded(results.get("wall_seconds")),

@@ -61,6 +61,7 @@ def fake_results(cell: Cell, accuracy: float | None = None) -> dict[str, Any]:
     return {
         "test_accuracy": accuracy if accuracy is not None else 0.5 + 0.04 * math.log10(alpha) + 0.01 * cell.coordinates["seed"],
         "upload_bytes_per_client": 1000.0 * (1 + (cell.coordinates["method"] == "Ensemble")),
+        "download_bytes_per_client": 7000.0,
         "model_bytes": 5000,
         "wall_seconds": 12.34,
         "failed_clients": [{"node_id": 1, "reason": "timeout"}],
@@ -420,8 +421,19 @@ def test_single_partition_table_has_client_columns() -> None:
 def test_cost_table_counts_runs_and_failures() -> None:
     table = report.cost_table(hand_made_rows(), ["A", "B"])
 
-    assert "| A | mnist | 1.0 | 0.250 | 60 | 4 | 0 |" in table
-    assert "| B | mnist | 1.0 | 0.250 | 60 | 2 | 1 |" in table
+    # The hand-made rows predate download bytes, so the download column is empty.
+    assert "| A | mnist | 1.0 | 0.250 | - | 60 | 4 | 0 |" in table
+    assert "| B | mnist | 1.0 | 0.250 | - | 60 | 2 | 1 |" in table
+
+
+def test_cost_table_reports_downloads() -> None:
+    frame = hand_made_rows()
+    frame["download_bytes_per_client"] = 3000.0
+    frame.loc[frame["method"] == "B", "download_bytes_per_client"] = None
+    table = report.cost_table(frame, ["A", "B"])
+
+    assert "| A | mnist | 1.0 | 0.250 | 3.0 | 60 | 4 | 0 |" in table
+    assert "| B | mnist | 1.0 | 0.250 | - | 60 | 2 | 1 |" in table
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
@@ -816,6 +828,7 @@ def test_script_runs_real_cell(tmp_path: Path) -> None:
     assert row["status"] == OK
     assert row["test_accuracy"] > 0.5  # chance is 0.1
     assert row["upload_bytes_per_client"] > 0
+    assert row["download_bytes_per_client"] > row["model_bytes"]  # one model per client
     assert row["failed_clients"] == 0
     assert row["mean_label_emd"] < 0.2  # IID
     results = json.loads(Path(row["run_dir"], "results.json").read_text())
