@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ if __package__ in (None, ""):
     # Run as a script: make `benchmarks` importable from the project folder.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.suite import FEDLAB, PROJECT_DIR, run_fedlab  # noqa: E402
+from benchmarks.suite import FEDLAB, PROJECT_DIR, machine_description, run_fedlab  # noqa: E402
 
 RESULTS_DIR = PROJECT_DIR / "benchmarks" / "results"
 RUNS_FILE = RESULTS_DIR / "readme_runs.jsonl"
@@ -107,7 +105,7 @@ def run_row(name: str, overrides: str) -> dict:
         "results": str(results_path.relative_to(PROJECT_DIR)) if results_path.is_relative_to(PROJECT_DIR) else str(results_path),
         "date": time.strftime("%Y-%m-%d"),
         "commit": commit,
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores",
+        "machine": machine_description(),
     }
 
 

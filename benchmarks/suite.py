@@ -323,11 +323,13 @@ def _provenance() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def machine_description() -> str:
-    """Describe this machine for the results file: architecture, CPU cores and GPU."""
+    """Describe this machine for the results file: architecture, CPU model, CPU cores and GPU."""
     import torch
 
+    from fedlab.results import cpu_model
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores, {gpu}"
+    return f"{platform.machine()} ({cpu_model()}), {len(os.sched_getaffinity(0))} CPU cores, {gpu}"
 
 
 # ---------------------------------------------------------------------------

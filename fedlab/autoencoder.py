@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -210,6 +211,13 @@ def save_autoencoder(ae: AutoencoderKL, path: str | Path) -> Path:
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     ae.save_pretrained(folder, safe_serialization=True)
+    # The weights file can be written owner-only. Every file gets the umask's usual mode, so
+    # that the account that runs a SuperNode can read a copy.
+    mask = os.umask(0)
+    os.umask(mask)
+    for entry in folder.iterdir():
+        if entry.is_file():
+            entry.chmod(0o666 & ~mask)
     logger.info("saved autoencoder to %s (fingerprint %s)", folder, autoencoder_fingerprint(ae)[:16])
     return folder
 
@@ -238,10 +246,11 @@ def load_autoencoder(path: str | Path) -> AutoencoderKL:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"autoencoder not found at {str(folder)!r} because the folder or its config.json is "
-            "missing. Save one with save_autoencoder() or pass the folder that contains "
-            "config.json."
+            f"missing. Create one with `fedlab pretrain-autoencoder --out {folder}` (or "
+            "save_autoencoder() in Python), or pass the folder that contains config.json."
         )
-    ae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    # low_cpu_mem_usage=False: the default would need the accelerate package and warns without it.
+    ae = AutoencoderKL.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     _freeze(ae)
     logger.info("loaded autoencoder from %s", folder)
     return ae

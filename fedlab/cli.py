@@ -75,6 +75,19 @@ def check_run_folder_free(config: RunConfig) -> None:
         raise ConfigError(str(err)) from err
 
 
+def check_autoencoder_folder(config: RunConfig) -> None:
+    """Reject an ``autoencoder`` folder without a saved autoencoder, before any process starts."""
+    if config.autoencoder in AUTOENCODER_SOURCES:
+        return
+    folder = Path(config.autoencoder).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"invalid run-config value autoencoder={config.autoencoder!r}: no saved autoencoder there "
+            f"(config.json is missing); create one with `fedlab pretrain-autoencoder --out {folder}`, "
+            "or use autoencoder='pretrain'"
+        )
+
+
 def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:
     """Parse ``key=value`` words with Flower's parser, turning its errors into ConfigError."""
     import click
@@ -96,6 +109,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config, overrides = resolve_run_config(app_dir, args.run_config, args.clients, args.saved_run)
         check_run_folder_free(config)
+        check_autoencoder_folder(config)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -136,6 +150,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         config, _ = resolve_run_config(Path(args.app_dir).resolve(), args.run_config, None)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out).expanduser()
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        print(f"error: {out} already contains files; choose another --out, or pass --force to replace "
+              "the autoencoder in it", file=sys.stderr)
         return 2
     data = federated_data(config)
     if data.public is None:
@@ -241,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", required=True, help="folder to save the AutoencoderKL in (from_pretrained format)")
     pretrain.add_argument("--app-dir", default=str(PROJECT_DIR), help="folder of the Flower App (default: %(default)s)")
     pretrain.add_argument("--run-config", action="append", default=[], help="run-config overrides (dataset, seed, ae-* keys)")
+    pretrain.add_argument("--force", action="store_true", help="replace an autoencoder already saved in --out")
     pretrain.set_defaults(func=_cmd_pretrain)
 
     resume = commands.add_parser("resume", help="finish a crashed run from the uploads stored in its run folder")

@@ -304,7 +304,8 @@ class RunConfig:
         _check(self, "autoencoder_delivery",
                self.autoencoder_delivery != "local" or self.autoencoder != "random",
                "'message' when autoencoder is 'random', because a random autoencoder has no saved "
-               "folder that clients could load")
+               "folder that clients could load; or keep 'local' with autoencoder='pretrain' or a "
+               "saved folder")
 
 
 def _check(config: RunConfig, name: str, ok: bool, allowed: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -12,6 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+def cpu_model() -> str:
+    """Return the CPU model name from ``/proc/cpuinfo``, or the platform's processor string.
+
+    Results can differ in the last digits between CPU models because their math kernels round
+    differently, so results record the model they were measured on.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

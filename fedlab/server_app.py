@@ -22,7 +22,7 @@ from fedlab.launch import RESULTS_MARKER
 from fedlab.payload import model_upload_bytes
 from fedlab.placement import placement_results
 from fedlab.privacy import privacy_results
-from fedlab.results import make_run_dir, save_model, summarize_client_seconds, write_json
+from fedlab.results import cpu_model, make_run_dir, save_model, summarize_client_seconds, write_json
 from fedlab.server_run import REJECTED, ServerRun
 from fedlab.training import limit_torch_threads
 from strategies import STRATEGIES
@@ -138,13 +138,13 @@ def build_results(
         "flower_run_id": flower_run_id,
         "run_dir": str(server.output_dir),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "flwr": flwr.__version__},
+                     "flwr": flwr.__version__, "cpu": cpu_model()},
     }
 
 
 def log_summary(results: dict[str, Any], run_dir: Path) -> None:
     """Log the headline figures and, last, the marker line with the path of results.json."""
-    logger.info("Test accuracy %.4f | upload %.0f bytes per client | model %s bytes | %s failed clients",
-                results["test_accuracy"], results["upload_bytes_per_client"], results["model_bytes"],
-                len(results["failed_clients"]))
+    logger.info("Test accuracy %.4f | upload %.0f and download %.0f bytes per client | model %s bytes | "
+                "%s failed clients", results["test_accuracy"], results["upload_bytes_per_client"],
+                results["download_bytes_per_client"], results["model_bytes"], len(results["failed_clients"]))
     logger.info("%s %s", RESULTS_MARKER, run_dir / "results.json")

@@ -1,5 +1,7 @@
 """Tests for fedlab.autoencoder on small randomly initialised AutoencoderKL models and real digits."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,6 +178,11 @@ def test_save_load_round_trip(tmp_path, small_ae):
 
     assert (folder / "config.json").is_file()
     assert (folder / "diffusion_pytorch_model.safetensors").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        # Readable as the umask allows, so that another account can load a copy.
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
     assert autoencoder_fingerprint(loaded) == autoencoder_fingerprint(small_ae)
     assert torch.equal(encode(loaded, images), encode(small_ae, images))
     latents = encode(small_ae, images)

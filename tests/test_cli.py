@@ -143,6 +143,29 @@ def test_pretrain_autoencoder_saves_loadable_model(tmp_path: Path) -> None:
     assert autoencoder.config.in_channels == 1
 
 
+def test_pretrain_needs_force_to_replace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ae"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    arguments = ["pretrain-autoencoder", "--out", str(out), "--run-config",
+                 "dataset='digits' ae-downsample=2 ae-pretrain-epochs=1"]
+
+    assert main(arguments) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == "{}"
+    assert main([*arguments, "--force"]) == 0
+    assert load_autoencoder(out).config.in_channels == 1
+
+
+def test_run_missing_autoencoder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-autoencoder"
+    assert main(["run", "--run-config", f"autoencoder='{missing}' output-dir='{tmp_path / 'out'}'"]) == 2
+    message = capsys.readouterr().err
+    assert f"autoencoder='{missing}'" in message
+    assert f"fedlab pretrain-autoencoder --out {missing}" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_pretrain_without_public_split_exits_2(tmp_path: Path) -> None:
     code = main(
         [
