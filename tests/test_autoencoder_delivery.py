@@ -41,7 +41,7 @@ def test_request_weights_are_used(saved: tuple[Path, str]) -> None:
 def test_local_copy_from_node_config(saved: tuple[Path, str], tmp_path: Path) -> None:
     folder, fingerprint = saved
     device_copy = shutil.copytree(folder, tmp_path / "device" / "ae")
-    # The server's folder does not exist on the device; the node config's copy is used.
+    # The server's folder does not exist on the device, so the node config's copy is used.
     request = by_reference(fingerprint, str(tmp_path / "not-on-this-device"))
     autoencoder = request_autoencoder(request, {AUTOENCODER_PATH_KEY: str(device_copy)})
     assert autoencoder_fingerprint(autoencoder) == fingerprint

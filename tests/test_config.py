@@ -93,7 +93,7 @@ def test_empty_autoencoder_path_is_rejected() -> None:
         RunConfig.from_run_config({"autoencoder": "  "})
 
 
-def test_local_autoencoder_delivery_needs_a_saved_folder() -> None:
+def test_local_delivery_rejects_random_autoencoder() -> None:
     assert RunConfig.from_run_config({"autoencoder-delivery": "local"}).autoencoder_delivery == "local"
     with pytest.raises(ConfigError, match="autoencoder-delivery='local'.*'message' when autoencoder is 'random'"):
         RunConfig.from_run_config({"autoencoder-delivery": "local", "autoencoder": "random"})
