@@ -41,6 +41,10 @@ ROWS = [
         ("Ensemble", "ensemble", ""),
         ("FedAvg 10 rounds", "fedavg", " num-server-rounds=10 local-epochs=2"),
     )
+] + [
+    # The same FedSD2C run with the clients loading the public autoencoder themselves, so
+    # that its weights are not part of every request (see `autoencoder-delivery`).
+    ("FedSD2C local autoencoder alpha=0.1", "strategy='fedsd2c' alpha=0.1 autoencoder-delivery='local'"),
 ]
 
 
@@ -100,6 +104,7 @@ def run_row(name: str, overrides: str) -> dict:
         "command": row_command(overrides),
         "test_accuracy": results["test_accuracy"],
         "upload_bytes_per_client": results["upload_bytes_per_client"],
+        "download_bytes_per_client": results.get("download_bytes_per_client"),
         "model_bytes": results["model_bytes"],
         "wall_seconds": round(time.perf_counter() - start, 1),
         "results": str(results_path.relative_to(PROJECT_DIR)) if results_path.is_relative_to(PROJECT_DIR) else str(results_path),
@@ -122,19 +127,30 @@ def rows_to_run(done: dict[str, dict], only: str = "", rerun: bool = False) -> l
     ]
 
 
-def write_table(done: dict[str, dict]) -> None:
+def format_bytes(value: float | None) -> str:
+    """Return a byte count for the table; rows recorded before downloads were measured show "n/a"."""
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def table_lines(done: dict[str, dict]) -> list[str]:
     lines = [
-        "| run | test accuracy | upload per client (bytes) | model upload (bytes) | wall time (s) | command |",
-        "|---|---|---|---|---|---|",
+        "| run | test accuracy | upload per client (bytes) | download per client (bytes) "
+        "| model upload (bytes) | wall time (s) | command |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, _ in ROWS:
         if name in done:
             row = done[name]
             lines.append(
-                f"| {name} | {row['test_accuracy']:.4f} | {row['upload_bytes_per_client']:.0f} | "
-                f"{row['model_bytes']} | {row['wall_seconds']:.0f} | `{row['command']}` |"
+                f"| {name} | {row['test_accuracy']:.4f} | {format_bytes(row['upload_bytes_per_client'])} | "
+                f"{format_bytes(row.get('download_bytes_per_client'))} | {row['model_bytes']} | "
+                f"{row['wall_seconds']:.0f} | `{row['command']}` |"
             )
-    TABLE_FILE.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def write_table(done: dict[str, dict]) -> None:
+    TABLE_FILE.write_text("\n".join(table_lines(done)) + "\n")
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.results_table import ROWS, git_commit, row_command, rows_to_run
+from benchmarks.results_table import ROWS, git_commit, row_command, rows_to_run, table_lines
 
 
 def recorded(names: list[str]) -> dict[str, dict]:
@@ -29,9 +29,27 @@ def test_rerun_measures_recorded_rows_again_within_only() -> None:
     assert rows_to_run(done) == []
     again = rows_to_run(done, only="fedsd2c", rerun=True)
     assert [name for name, _ in again] == [name for name, _ in ROWS if "FedSD2C" in name]
-    assert len(again) == 2
+    assert len(again) == 3
 
 
 def test_commit_names_a_revision() -> None:
     commit = git_commit()
     assert commit == "unknown" or len(commit.removesuffix("+changes")) == 40
+
+
+def test_table_shows_downloads_and_marks_rows_recorded_without_them() -> None:
+    (first, first_overrides), (second, second_overrides) = ROWS[0], ROWS[1]
+    measured = {
+        "name": first, "command": row_command(first_overrides), "test_accuracy": 0.94,
+        "upload_bytes_per_client": 35782.4, "download_bytes_per_client": 726947.0,
+        "model_bytes": 1242418, "wall_seconds": 310.2,
+    }
+    older = {
+        "name": second, "command": row_command(second_overrides), "test_accuracy": 0.54,
+        "upload_bytes_per_client": 1242805.0, "model_bytes": 1242418, "wall_seconds": 117.0,
+    }
+    header, _, *rows = table_lines({first: measured, second: older})
+    assert "download per client (bytes)" in header
+    assert rows[0].startswith(f"| {first} | 0.9400 | 35782 | 726947 | 1242418 | 310 |")
+    assert rows[1].startswith(f"| {second} | 0.5400 | 1242805 | n/a | 1242418 | 117 |")
+    assert len(rows) == 2
