@@ -213,9 +213,10 @@ def write_report(grid: Grid, extra: dict[str, object], out_dir: Path, command: s
         report.markdown_tables(frame, methods, partitions, expected_seeds=len(seeds)),
     ]
     cost = [
-        "## Upload and wall time",
+        "## Communication and wall time",
         "",
-        "Upload per client counts every record a client sent over the run. Wall time is one whole "
+        "Upload and download per client count every record a client sent and received over the "
+        "run; a dash marks runs recorded before downloads were measured. Wall time is one whole "
         "`fedlab run`, SuperLink and Ray start-up included.",
         "",
         report.cost_table(frame, methods),

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import Tensor
+
+from fedlab.results import file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -213,11 +214,10 @@ def save_autoencoder(ae: AutoencoderKL, path: str | Path) -> Path:
     ae.save_pretrained(folder, safe_serialization=True)
     # The weights file can be written owner-only. Every file gets the umask's usual mode, so
     # that the account that runs a SuperNode can read a copy.
-    mask = os.umask(0)
-    os.umask(mask)
+    mode = file_mode()
     for entry in folder.iterdir():
         if entry.is_file():
-            entry.chmod(0o666 & ~mask)
+            entry.chmod(mode)
     logger.info("saved autoencoder to %s (fingerprint %s)", folder, autoencoder_fingerprint(ae)[:16])
     return folder
 

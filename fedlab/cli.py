@@ -88,6 +88,18 @@ def check_autoencoder_folder(config: RunConfig) -> None:
         )
 
 
+def check_data_root(config: RunConfig) -> None:
+    """Reject a ``data-root`` that is not a folder, before any process starts."""
+    if not config.data_root:
+        return
+    folder = Path(config.data_root).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"invalid run-config value data-root={config.data_root!r}: no such folder; point it at "
+            f"the local copy of dataset {config.dataset!r} (nothing is downloaded)"
+        )
+
+
 def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:
     """Parse ``key=value`` words with Flower's parser, turning its errors into ConfigError."""
     import click
@@ -103,13 +115,14 @@ def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedlab.launch import simulate
+    from fedlab.launch import RunFailedError, failure_reason, simulate
 
     app_dir = Path(args.app_dir).resolve()
     try:
         config, overrides = resolve_run_config(app_dir, args.run_config, args.clients, args.saved_run)
         check_run_folder_free(config)
         check_autoencoder_folder(config)
+        check_data_root(config)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -118,16 +131,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    supernodes = federation.get("num-supernodes", config.num_clients)
+    if supernodes != config.num_clients:
+        print(
+            f"error: --federation-config num-supernodes={supernodes} disagrees with "
+            f"num-clients={config.num_clients}; give the client count once, with --clients "
+            "(with make: make run CLIENTS=N)",
+            file=sys.stderr,
+        )
+        return 2
     federation.setdefault("client-resources-num-cpus", 1)
-    outcome = simulate(
-        app_dir,
-        num_supernodes=config.num_clients,
-        run_config=overrides,
-        federation_config=federation,
-        echo=not args.quiet,
-    )
+    try:
+        outcome = simulate(
+            app_dir,
+            num_supernodes=config.num_clients,
+            run_config=overrides,
+            federation_config=federation,
+            echo=not args.quiet,
+        )
+    except RunFailedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not outcome.completed:
-        print(f"error: Flower run {outcome.run_id} ended with status {outcome.status}", file=sys.stderr)
+        reason = failure_reason(outcome.log)
+        because = f": {reason}" if reason else "; the log above shows why"
+        print(f"error: Flower run {outcome.run_id} ended with status {outcome.status}{because}",
+              file=sys.stderr)
         return 1
     if outcome.results_path is None or not outcome.results_path.exists():
         print(f"error: run {outcome.run_id} completed but wrote no results.json", file=sys.stderr)

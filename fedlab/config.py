@@ -185,7 +185,23 @@ class RunConfig:
 
         _check(self, "num_clients", self.num_clients >= 1, "at least 1")
         _check(self, "num_server_rounds", self.num_server_rounds >= 1, "at least 1")
+        _check(self, "seed", self.seed >= 0, "0 or more")
         _check(self, "min_replies", self.min_replies >= 1, "at least 1")
+        _check(self, "min_replies", self.min_replies <= self.num_clients,
+               f"at most num-clients ({self.num_clients}), or no run could ever get enough replies")
+        _check(self, "output_dir", bool(self.output_dir.strip()),
+               "a folder path; the default is 'outputs'")
+        _check(self, "run_name",
+               self.run_name == "" or (
+                   self.run_name not in (".", "..") and not any(sep in self.run_name for sep in "/\\")
+               ),
+               "empty (a name made of time, strategy and run id) or one folder name without "
+               "'/' inside output-dir")
+        from fedlab.data.datasets import PACKAGED_DATASETS  # imported late, as the registries are
+
+        _check(self, "data_root", self.dataset in PACKAGED_DATASETS or bool(self.data_root.strip()),
+               f"the local folder that holds dataset {self.dataset!r}, which is read from files "
+               f"(only {', '.join(sorted(PACKAGED_DATASETS))} ship with installed packages)")
         _check(self, "reply_timeout", self.reply_timeout > 0, "positive (seconds)")
         _check(self, "node_wait_seconds", self.node_wait_seconds >= 0, "0 or more (seconds)")
         _check(self, "max_in_flight", self.max_in_flight >= -1,

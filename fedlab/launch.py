@@ -426,12 +426,36 @@ def flwr_run(
     log_text = "".join(lines)
     match = re.search(r"Successfully started run (\d+)", log_text)
     if match is None:
-        raise RunFailedError(f"flwr run did not start a run (exit code {process.returncode})")
+        # Flower explains a refused submission (such as an unknown federation-config field)
+        # in its last lines, drawn inside a box.
+        stripped = (line.strip().strip("│╭╮╰╯─ ") for line in lines[-5:])
+        explanation = " | ".join(line for line in stripped if line and line != "Error")
+        raise RunFailedError(
+            f"flwr run did not start a run (exit code {process.returncode}): {explanation or 'no output'}"
+        )
     run_id = int(match.group(1))
     status = wait_for_final_status(link, run_id)
     return RunOutcome(
         run_id=run_id, status=status, results_path=parse_results_path(log_text), log=log_text
     )
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)):\s*(\S.*)$")
+
+
+def failure_reason(log_text: str) -> str | None:
+    """Return the last ``SomeError: message`` line of a failed run's log, if there is one.
+
+    The ServerApp's traceback streams into the log, and its last exception line says why the
+    run failed, so a caller can repeat it without the whole traceback.
+    """
+    reason = None
+    for line in _ANSI_ESCAPE.sub("", log_text).splitlines():
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            reason = f"{match.group(1)}: {match.group(2).strip()}"
+    return reason
 
 
 def parse_results_path(log_text: str) -> Path | None:

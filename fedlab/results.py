@@ -31,11 +31,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def file_mode() -> int:
+    """Return the mode a plainly created file gets under the current umask (0o644 for 022).
+
+    Temporary files are created owner-only; renamed into place they keep this mode instead,
+    so that collaborators read results as they read any other file.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -65,6 +77,7 @@ def save_model(path: Path, model: nn.Module) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         torch.save(model.state_dict(), tmp)

@@ -254,7 +254,9 @@ class ServerRun:
 
     def record_failure(self, node_id: int, reason: str, message_type: str, kind: str = FAILED) -> None:
         """Record and log, in one line, a client that failed, timed out or was rejected."""
-        logger.warning("Client on node %s %s '%s': %s", node_id, kind, message_type, reason)
+        partition = self.node_partitions.get(node_id)
+        where = f"node {node_id}" if partition is None else f"node {node_id} (partition {partition})"
+        logger.warning("Client on %s %s '%s': %s", where, kind, message_type, reason)
         self.failures.append(ClientFailure(node_id, reason, message_type, kind))
 
     def check_model_reply(self, reply: Message) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedlab.payload import CLASS_IDS, LATENTS, SOFT_LABELS, DistillatePayload, PayloadError
-from fedlab.results import write_json
+from fedlab.results import file_mode, write_json
 from fedlab.server_run import ClientFailure, ServerRun
 
 logger = logging.getLogger(__name__)
@@ -40,12 +40,17 @@ class UploadStore:
 
     # Writing ------------------------------------------------------------------------------
 
+    def distillates_path(self, partition_id: int) -> Path:
+        """Return the file that holds, or will hold, one partition's accepted distillates."""
+        return self.root / f"partition-{partition_id:04d}.npz"
+
     def save_distillates(self, partition_id: int, payload: DistillatePayload) -> Path:
         """Store one client's accepted distillates under its partition id, atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"partition-{partition_id:04d}.npz"
+        path = self.distillates_path(partition_id)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=self.root)
         try:
+            os.fchmod(fd, file_mode())
             with os.fdopen(fd, "wb") as handle:
                 np.savez(
                     handle,

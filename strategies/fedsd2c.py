@@ -133,6 +133,8 @@ class FedSD2CStrategy(FedLabStrategy):
                 "The run stopped while collecting replies; resuming with the %s clients stored so far",
                 len(stored),
             )
+        else:
+            self._record_missing_uploads(server, store, {partition for partition, _ in stored})
         if len(stored) < self.config.min_replies:
             raise NotEnoughRepliesError(
                 f"only {len(stored)} clients' distillates are stored, fewer than "
@@ -140,6 +142,22 @@ class FedSD2CStrategy(FedLabStrategy):
             )
         logger.info("Resuming from %s stored distillate uploads in %s", len(stored), store.root)
         return node_ids, self._train(server, autoencoder, ae_info, [payload for _, payload in stored])
+
+    @staticmethod
+    def _record_missing_uploads(server: ServerRun, store: UploadStore, stored: set[int]) -> None:
+        """Name every accepted client whose stored upload has gone, as a failed client.
+
+        The results then show which clients the resumed model was trained without, rather
+        than counting them as successful.
+        """
+        failed_nodes = {failure.node_id for failure in server.failures}
+        for node_id, partition_id in sorted(server.node_partitions.items(), key=lambda item: item[1]):
+            if node_id in failed_nodes or partition_id in stored:
+                continue
+            path = store.distillates_path(partition_id)
+            server.record_failure(
+                node_id, f"its accepted upload {path} is missing, so the resumed run trains without it", DISTILL
+            )
 
     def _autoencoder(self, server: ServerRun) -> tuple[nn.Module, AutoencoderInfo]:
         cfg = self.config

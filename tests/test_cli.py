@@ -127,6 +127,19 @@ def test_run_with_bad_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ipc=0" in capsys.readouterr().err
 
 
+def test_run_missing_data_root_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-cifar"
+    assert main(["run", "--run-config", f"dataset='cifar10' data-root='{missing}'"]) == 2
+    assert f"data-root='{missing}': no such folder" in capsys.readouterr().err
+
+
+def test_run_rejects_supernode_count_clash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--clients", "3", "--federation-config", "num-supernodes=5"]) == 2
+    error = capsys.readouterr().err
+    assert "num-supernodes=5" in error
+    assert "num-clients=3" in error
+
+
 def test_pretrain_autoencoder_saves_loadable_model(tmp_path: Path) -> None:
     out = tmp_path / "ae"
     code = main(

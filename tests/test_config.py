@@ -59,6 +59,12 @@ def test_unknown_name_lists_valid_names(kind: str) -> None:
         ("ae-downsample", 3),
         ("latent-dtype", "bfloat16"),
         ("server-epochs", 0),
+        ("seed", -1),
+        ("min-replies", 11),
+        ("output-dir", ""),
+        ("run-name", "../escape"),
+        ("run-name", "a/b"),
+        ("run-name", ".."),
     ],
 )
 def test_out_of_range_value_names_key_and_value(key: str, value: object) -> None:
@@ -99,3 +105,14 @@ def test_local_delivery_rejects_random_autoencoder() -> None:
         RunConfig.from_run_config({"autoencoder-delivery": "local", "autoencoder": "random"})
     with pytest.raises(ConfigError, match="one of message, local"):
         RunConfig.from_run_config({"autoencoder-delivery": "disk"})
+
+
+def test_min_replies_may_equal_num_clients() -> None:
+    assert RunConfig.from_run_config({"num-clients": 4, "min-replies": 4}).min_replies == 4
+
+
+def test_file_datasets_need_a_data_root() -> None:
+    with pytest.raises(ConfigError, match="data-root='': must be the local folder that holds dataset 'cifar10'"):
+        RunConfig.from_run_config({"dataset": "cifar10"})
+    assert RunConfig.from_run_config({"dataset": "cifar10", "data-root": "/data"}).data_root == "/data"
+    assert RunConfig.from_run_config({"dataset": "digits"}).data_root == ""

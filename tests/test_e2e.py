@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlab.launch import simulate
+from fedlab.launch import failure_reason, simulate
 from strategies import STRATEGIES
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -131,6 +131,13 @@ def test_unknown_strategy_lists_valid_names(tmp_path: Path) -> None:
         assert name in result.stderr
 
 
+def test_unknown_federation_field_exits_2(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--clients", "2", "--federation-config", "foo=1")
+    assert result.returncode == 2
+    assert "did not start a run" in result.stderr
+    assert "Unknown simulation config field(s): foo" in result.stderr
+
+
 def test_failed_serverapp_gives_failed_status(tmp_path: Path) -> None:
     # Bypass the CLI's own validation so that the ServerApp itself rejects the value.
     outcome = simulate(
@@ -142,4 +149,5 @@ def test_failed_serverapp_gives_failed_status(tmp_path: Path) -> None:
     assert outcome.status == "finished:failed"
     assert not outcome.completed
     assert "ipc=0" in outcome.log
+    assert "ipc=0" in (failure_reason(outcome.log) or "")
     assert outcome.results_path is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,9 @@ from fedlab.payload import (
     model_to_record,
 )
 from fedlab.server_run import FAILED, REJECTED, TIMED_OUT, NotEnoughRepliesError, ServerRun
+from fedlab.results import write_json
 from fedlab.upload_store import UploadStore
+from strategies.fedsd2c import FedSD2CStrategy
 
 LATENT_SHAPE = (4, 2, 2)
 NUM_CLASSES = 10
@@ -233,6 +237,33 @@ def test_store_round_trip_orders_by_partition(server: ServerRun) -> None:
     assert restored.upload_bytes[10] == 123 and restored.node_partitions[12] == 1
     assert restored.client_metrics[10] == {"num-examples": 5}
     assert restored.failed_clients()[0]["node_id"] == 13
+
+
+def test_resume_names_clients_whose_upload_is_gone(server: ServerRun) -> None:
+    store = UploadStore(server.output_dir)
+    for partition in (0, 1, 2):
+        store.save_distillates(partition, distillates(seed=partition))
+    server.node_partitions.update({20: 0, 21: 1, 22: 2, 23: 3})
+    server.record_failure(23, "injected failure", "train.distill")
+    store.distillates_path(1).unlink()
+
+    FedSD2CStrategy._record_missing_uploads(server, store, stored={0, 2})
+
+    failures = server.failed_clients()
+    assert [failure["node_id"] for failure in failures] == [23, 21]
+    assert failures[1]["partition_id"] == 1
+    assert "partition-0001.npz is missing" in str(failures[1]["reason"])
+
+
+def test_run_files_get_the_umask_mode(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        write_json(tmp_path / "results.json", {"a": 1})
+        path = UploadStore(tmp_path).save_distillates(0, distillates())
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_store_rejects_a_damaged_file(server: ServerRun) -> None:

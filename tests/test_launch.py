@@ -10,6 +10,7 @@ from pathlib import Path
 from fedlab.launch import (
     RESULTS_MARKER,
     descendant_pids,
+    failure_reason,
     format_overrides,
     free_port,
     parse_results_path,
@@ -28,6 +29,20 @@ def test_parse_results_path_takes_the_last_marker() -> None:
     log = f"x\n{RESULTS_MARKER} /a/results.json\nINFO other\n{RESULTS_MARKER} /b/results.json\n"
     assert parse_results_path(log) == Path("/b/results.json")
     assert parse_results_path("nothing here") is None
+
+
+def test_failure_reason_takes_the_last_exception_line() -> None:
+    log = (
+        "INFO :      Starting\n"
+        "Traceback (most recent call last):\n"
+        '  File "server_app.py", line 3, in main\n'
+        "KeyError: 'first'\n"
+        "During handling of the above exception, another exception occurred:\n"
+        "\x1b[91mfedlab.config.ConfigError: invalid run-config value seed=-1: must be 0 or more\x1b[0m\n"
+        "INFO :      Run finished\n"
+    )
+    assert failure_reason(log) == "fedlab.config.ConfigError: invalid run-config value seed=-1: must be 0 or more"
+    assert failure_reason("INFO : all fine\nWARNING : slow\n") is None
 
 
 def test_free_port_is_bindable() -> None:

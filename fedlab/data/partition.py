@@ -252,12 +252,13 @@ def partition_shards(
     per_client = params.shards_per_client
     if per_client > num_classes:
         raise ValueError(
-            f"shards_per_client={per_client} exceeds the {num_classes} classes present in "
-            f"labels. Use shards_per_client <= {num_classes}"
+            f"shards_per_client={per_client} (run-config shards-per-client) exceeds the "
+            f"{num_classes} classes present in labels. Use shards-per-client <= {num_classes}"
         )
     if num_partitions * per_client < num_classes:
         raise ValueError(
-            f"num_partitions={num_partitions} times shards_per_client={per_client} is less "
+            f"num_partitions={num_partitions} (num-clients) times shards_per_client={per_client} "
+            f"(shards-per-client) is less "
             f"than the {num_classes} classes present, so some samples would be left out. "
             f"Raise either value so that their product is >= {num_classes}"
         )
