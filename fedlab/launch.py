@@ -447,8 +447,8 @@ _EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exce
 def failure_reason(log_text: str) -> str | None:
     """Return the last ``SomeError: message`` line of a failed run's log, if there is one.
 
-    The ServerApp's traceback streams into the log, and its last exception line says why the
-    run failed, so a caller can repeat it without the whole traceback.
+    The ServerApp's traceback streams into the log, and its last exception line gives the
+    reason, which a caller can repeat without the traceback.
     """
     reason = None
     for line in _ANSI_ESCAPE.sub("", log_text).splitlines():
