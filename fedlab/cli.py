@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,18 @@ def check_data_root(config: RunConfig) -> None:
         )
 
 
+def resume_hint(config: RunConfig, started: float) -> str:
+    """Say whether an interrupted run left stored uploads that `fedlab resume` can train from."""
+    output_dir = Path(config.output_dir).expanduser()
+    states = []
+    if output_dir.is_dir():
+        states = [path for path in output_dir.glob("*/uploads/server_state.json") if path.stat().st_mtime >= started]
+    if not states:
+        return "it stored no uploads to resume from"
+    run_dir = max(states, key=lambda path: path.stat().st_mtime).parent.parent
+    return f"its stored uploads can be trained from with `fedlab resume {run_dir}`"
+
+
 def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:
     """Parse ``key=value`` words with Flower's parser, turning its errors into ConfigError."""
     import click
@@ -141,6 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     federation.setdefault("client-resources-num-cpus", 1)
+    started = time.time()
     try:
         outcome = simulate(
             app_dir,
@@ -152,6 +166,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RunFailedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (SystemExit, KeyboardInterrupt):
+        print(f"error: fedlab run was interrupted; {resume_hint(config, started)}", file=sys.stderr)
+        raise
     if not outcome.completed:
         reason = failure_reason(outcome.log)
         because = f": {reason}" if reason else "; the log above shows why"

@@ -26,6 +26,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +104,9 @@ def generate_credentials(
         If `out_dir` already contains a file this function would write.
     """
     if isinstance(num_supernodes, bool) or not isinstance(num_supernodes, int) or num_supernodes < 1:
-        raise ValueError(f"num_supernodes must be an int >= 1, got {num_supernodes!r}")
+        raise ValueError(f"num_supernodes (--supernodes) must be an int >= 1, got {num_supernodes!r}")
     if isinstance(valid_days, bool) or not isinstance(valid_days, int) or valid_days < 1:
-        raise ValueError(f"valid_days must be an int >= 1, got {valid_days!r}")
+        raise ValueError(f"valid_days (--days) must be an int >= 1, got {valid_days!r}")
     all_hosts = _unique_hosts([*LOOPBACK_HOSTS, *hosts])
 
     out_dir = Path(out_dir)
@@ -247,12 +248,31 @@ def _issue_server_certificate(
     )
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(name: str) -> bool:
+    """Return True for an IP address or a DNS name (dot-separated labels, optional ``*.``)."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    labels = name.removeprefix("*.").rstrip(".").split(".")
+    return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in labels)
+
+
 def _unique_hosts(hosts: Iterable[str]) -> list[str]:
     unique: list[str] = []
     for host in hosts:
         name = host.strip()
         if not name:
             raise ValueError(f"host names must not be empty, got {host!r}")
+        if not _is_host(name):
+            raise ValueError(
+                f"--host {host!r} is neither an IP address nor a DNS name; use letters, digits and "
+                "'-' in dot-separated labels, such as superlink.example.org"
+            )
         if name not in unique:
             unique.append(name)
     return unique

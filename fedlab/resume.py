@@ -44,15 +44,15 @@ def resume_run(run_dir: Path, force: bool = False) -> Path:
         raise FileNotFoundError(
             f"{run_dir / 'config.json'} not found; pass the folder of a fedlab run (outputs/<run-id>)"
         )
-    results_path = run_dir / "results.json"
-    if results_path.exists() and not force:
-        raise FileExistsError(f"{results_path} exists: the run already finished; pass --force to train again")
     config = RunConfig.from_run_config(read_saved_run_config(run_dir))
     if config.strategy not in RESUMABLE_STRATEGIES:
         raise ValueError(
             f"strategy={config.strategy!r} keeps no uploads to resume from; resumable strategies: "
             f"{', '.join(RESUMABLE_STRATEGIES)}"
         )
+    results_path = run_dir / "results.json"
+    if results_path.exists() and not force:
+        raise FileExistsError(f"{results_path} exists: the run already finished; pass --force to train again")
 
     started = time.perf_counter()
     limit_torch_threads()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from fedlab.autoencoder import load_autoencoder
-from fedlab.cli import main, resolve_run_config
+from fedlab.cli import main, resolve_run_config, resume_hint
 from fedlab.config import ConfigError, RunConfig
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -138,6 +139,17 @@ def test_run_rejects_supernode_count_clash(capsys: pytest.CaptureFixture[str]) -
     error = capsys.readouterr().err
     assert "num-supernodes=5" in error
     assert "num-clients=3" in error
+
+
+def test_resume_hint_names_the_run_with_stored_uploads(tmp_path: Path) -> None:
+    config = RunConfig.from_run_config({"output-dir": str(tmp_path)})
+    assert resume_hint(config, started=0.0) == "it stored no uploads to resume from"
+    uploads = tmp_path / "20261205-fedsd2c-7" / "uploads"
+    uploads.mkdir(parents=True)
+    (uploads / "server_state.json").write_text("{}")
+    assert resume_hint(config, started=0.0).endswith(f"`fedlab resume {tmp_path / '20261205-fedsd2c-7'}`")
+    # Uploads stored before this run started belong to another run.
+    assert resume_hint(config, started=time.time() + 60) == "it stored no uploads to resume from"
 
 
 def test_pretrain_autoencoder_saves_loadable_model(tmp_path: Path) -> None:

@@ -320,6 +320,13 @@ def test_certificate_rejects_unknown_host(credentials) -> None:
         verifier.verify(server, [])
 
 
+def test_hosts_accept_names_addresses_and_wildcards(tmp_path: Path) -> None:
+    generate_credentials(
+        tmp_path, 1, hosts=["superlink.example.org", "*.cluster.local", "10.0.0.7", "[::1]", "node-3"]
+    )
+    assert (tmp_path / "superlink" / "server.crt").exists()
+
+
 def test_certificate_lists_every_host(credentials) -> None:
     server = load_certificate(credentials.superlink_certificate)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -399,9 +406,11 @@ def test_credentials_never_overwritten(credentials) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_supernodes": 0}, "num_supernodes must be an int >= 1"),
-        ({"num_supernodes": 1, "valid_days": 0}, "valid_days must be an int >= 1"),
+        ({"num_supernodes": 0}, "num_supernodes \\(--supernodes\\) must be an int >= 1"),
+        ({"num_supernodes": 1, "valid_days": 0}, "valid_days \\(--days\\) must be an int >= 1"),
         ({"num_supernodes": 1, "hosts": [" "]}, "host names must not be empty"),
+        ({"num_supernodes": 1, "hosts": ["bad host!"]}, "'bad host!' is neither an IP address nor a DNS name"),
+        ({"num_supernodes": 1, "hosts": ["-lead.example.org"]}, "neither an IP address nor a DNS name"),
     ],
 )
 def test_credentials_reject_bad_arguments(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:

@@ -289,6 +289,10 @@ def test_resume_refuses_finished_and_unsupported_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="resumable strategies: fedsd2c"):
         resume_run(tmp_path)
     write_json(tmp_path / "results.json", {})
+    # A finished run of a strategy without uploads is refused as such, not asked for --force.
+    with pytest.raises(ValueError, match="resumable strategies: fedsd2c"):
+        resume_run(tmp_path, force=False)
+    write_json(tmp_path / "config.json", {"run_config": tiny_config(strategy="fedsd2c").to_run_config()})
     with pytest.raises(FileExistsError, match="--force"):
         resume_run(tmp_path)
 
