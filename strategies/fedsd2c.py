@@ -160,8 +160,7 @@ class FedSD2CStrategy(FedLabStrategy):
             )
 
     def _autoencoder(self, server: ServerRun) -> tuple[nn.Module, AutoencoderInfo]:
-        cfg = self.config
-        cache_root = Path(cfg.ae_cache_dir) if cfg.ae_cache_dir else server.output_dir.parent / "cache"
+        cache_root = autoencoder_cache_root(self.config, server.output_dir)
         with server.phase("autoencoder"):
             return prepare_autoencoder(cfg, server.data, cache_root)
 
@@ -197,6 +196,22 @@ class FedSD2CStrategy(FedLabStrategy):
                 "server_final_loss": loss,
             },
         )
+
+
+def autoencoder_cache_root(config: RunConfig, run_dir: Path) -> Path:
+    """Return the folder that caches the public autoencoder for the run in `run_dir`.
+
+    That is ``ae-cache-dir`` when set, otherwise ``cache/`` beside the run folder. A run
+    folder moved elsewhere and resumed there uses the cache of its original ``output-dir``
+    while no cache sits beside it.
+    """
+    if config.ae_cache_dir:
+        return Path(config.ae_cache_dir)
+    beside = run_dir.parent / "cache"
+    original = Path(config.output_dir).expanduser() / "cache"
+    if not beside.is_dir() and original.is_dir():
+        return original
+    return beside
 
 
 def train_on_distillates(

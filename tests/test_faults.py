@@ -27,7 +27,7 @@ from fedlab.payload import (
 from fedlab.server_run import FAILED, REJECTED, TIMED_OUT, NotEnoughRepliesError, ServerRun
 from fedlab.results import write_json
 from fedlab.upload_store import UploadStore
-from strategies.fedsd2c import FedSD2CStrategy
+from strategies.fedsd2c import FedSD2CStrategy, autoencoder_cache_root
 
 LATENT_SHAPE = (4, 2, 2)
 NUM_CLASSES = 10
@@ -253,6 +253,19 @@ def test_resume_names_clients_whose_upload_is_gone(server: ServerRun) -> None:
     assert [failure["node_id"] for failure in failures] == [23, 21]
     assert failures[1]["partition_id"] == 1
     assert "partition-0001.npz is missing" in str(failures[1]["reason"])
+
+
+def test_moved_run_uses_its_original_cache(tmp_path: Path) -> None:
+    original, moved = tmp_path / "outputs", tmp_path / "elsewhere"
+    (original / "cache").mkdir(parents=True)
+    (moved / "run-1").mkdir(parents=True)
+    config = tiny_config(output_dir=str(original))
+
+    assert autoencoder_cache_root(config, original / "run-1") == original / "cache"
+    assert autoencoder_cache_root(config, moved / "run-1") == original / "cache"
+    (moved / "cache").mkdir()
+    assert autoencoder_cache_root(config, moved / "run-1") == moved / "cache"
+    assert autoencoder_cache_root(config.replace(ae_cache_dir=str(tmp_path / "ae")), moved / "run-1") == tmp_path / "ae"
 
 
 def test_run_files_get_the_umask_mode(tmp_path: Path) -> None:
