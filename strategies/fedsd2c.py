@@ -162,7 +162,7 @@ class FedSD2CStrategy(FedLabStrategy):
     def _autoencoder(self, server: ServerRun) -> tuple[nn.Module, AutoencoderInfo]:
         cache_root = autoencoder_cache_root(self.config, server.output_dir)
         with server.phase("autoencoder"):
-            return prepare_autoencoder(cfg, server.data, cache_root)
+            return prepare_autoencoder(self.config, server.data, cache_root)
 
     def _train(
         self,
