@@ -268,6 +268,18 @@ def test_moved_run_uses_its_original_cache(tmp_path: Path) -> None:
     assert autoencoder_cache_root(config.replace(ae_cache_dir=str(tmp_path / "ae")), moved / "run-1") == tmp_path / "ae"
 
 
+def test_strategy_prepares_autoencoder_beside_the_run(tmp_path: Path) -> None:
+    config = tiny_config(autoencoder="random", output_dir=str(tmp_path))
+    server = ServerRun(grid=None, config=config, data=federated_data(config), output_dir=tmp_path / "run-1")
+
+    autoencoder, info = FedSD2CStrategy(config)._autoencoder(server)
+
+    assert info.source == "random"
+    assert len(info.latent_shape) == 3
+    assert sum(p.numel() for p in autoencoder.parameters()) > 0
+    assert server.phase_seconds["autoencoder"] >= 0
+
+
 def test_run_files_get_the_umask_mode(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
