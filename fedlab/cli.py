@@ -171,7 +171,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     if not outcome.completed:
         reason = failure_reason(outcome.log)
-        because = f": {reason}" if reason else "; the log above shows why"
+        where = "run it again without --quiet to see the log" if args.quiet else "the log above shows why"
+        because = f": {reason}" if reason else f"; {where}"
         print(f"error: Flower run {outcome.run_id} ended with status {outcome.status}{because}",
               file=sys.stderr)
         return 1
