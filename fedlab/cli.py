@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
 import time
 import tomllib
@@ -101,6 +103,49 @@ def check_data_root(config: RunConfig) -> None:
         )
 
 
+def check_client_resources(federation: dict[str, Any]) -> None:
+    """Reject client CPU and GPU shares that no simulation could schedule.
+
+    Without ``RAY_ADDRESS`` the simulation runs on this machine, so a client cannot ask for
+    more CPUs than it has. On a Ray cluster the cluster's nodes decide.
+    """
+    cpus = federation.get("client-resources-num-cpus", 1)
+    gpus = federation.get("client-resources-num-gpus", 0.0)
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0:
+        raise ConfigError(
+            f"invalid --federation-config value client-resources-num-cpus={cpus!r}: must be a "
+            "number > 0 (CPUs per client, such as 1 or 0.5)"
+        )
+    available = os.cpu_count() or 1
+    if not os.environ.get("RAY_ADDRESS") and cpus > available:
+        raise ConfigError(
+            f"invalid --federation-config value client-resources-num-cpus={cpus!r}: this machine "
+            f"has {available} CPUs, so no client could start; use at most {available}"
+        )
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
+        raise ConfigError(
+            f"invalid --federation-config value client-resources-num-gpus={gpus!r}: must be a "
+            "number >= 0 (a GPU share per client, such as 0.25)"
+        )
+
+
+def check_output_dir(config: RunConfig) -> None:
+    """Create ``output-dir`` now, so a folder that cannot be written fails before the run starts."""
+    folder = Path(config.output_dir).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"invalid run-config value output-dir={config.output_dir!r}: cannot create it "
+            f"({err.strerror}); choose a folder you can write to"
+        ) from err
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(
+            f"invalid run-config value output-dir={config.output_dir!r}: not writable; choose a "
+            "folder you can write to"
+        )
+
+
 def resume_hint(config: RunConfig, started: float) -> str:
     """Say whether an interrupted run left stored uploads that `fedlab resume` can train from."""
     output_dir = Path(config.output_dir).expanduser()
@@ -113,17 +158,58 @@ def resume_hint(config: RunConfig, started: float) -> str:
     return f"its stored uploads can be trained from with `fedlab resume {run_dir}`"
 
 
+PAIR_EXAMPLES = {
+    "--run-config": "strategy='fedavg' alpha=0.5",
+    "--federation-config": "client-resources-num-cpus=2",
+}
+
+
+# A key=value pair as Flower's parser reads it (a quoted value may hold spaces), or a stray word.
+_PAIR_OR_WORD = re.compile(r"""(\S+?)=('[^']*'|"[^"]*"|\S+)|(\S+)""")
+
+
+def _check_pairs(items: list[str], option: str) -> None:
+    """Reject a word that is not ``key=value``, a key given twice and a value that is not TOML.
+
+    Flower's parser skips a word without ``=``, so a run would start without the setting.
+    """
+    if len(items) == 1 and items[0].strip().endswith(".toml"):
+        return  # Flower reads a lone .toml argument as a file of settings
+    example = PAIR_EXAMPLES.get(option, "key=value")
+    for item in items:
+        seen: set[str] = set()  # a later --run-config may override an earlier one's key
+        for match in _PAIR_OR_WORD.finditer(item):
+            key, value, word = match.groups()
+            if word is not None:
+                raise ConfigError(
+                    f"invalid {option} word {word!r}: it is not key=value; write pairs separated "
+                    f"by spaces, e.g. {example}"
+                )
+            if key in seen:
+                raise ConfigError(f"invalid {option}: key {key!r} is given twice; give it once")
+            seen.add(key)
+            try:
+                tomllib.loads(f"value = {value}")
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(
+                    f"invalid {option} value {key}={value}: not a number, true/false or a quoted "
+                    f"string; put strings in quotes, e.g. {key}='{value}'"
+                ) from None
+
+
 def _parse_pairs(items: list[str], option: str) -> dict[str, Any]:
     """Parse ``key=value`` words with Flower's parser, turning its errors into ConfigError."""
     import click
     from flwr.common.config import parse_config_args
 
+    items = [item for item in items if item.strip()]
+    _check_pairs(items, option)
     try:
-        return parse_config_args([item for item in items if item.strip()])
+        return parse_config_args(items)
     except click.ClickException as err:
         raise ConfigError(
             f"invalid {option} {' '.join(items)!r}: write key=value pairs separated by spaces, "
-            "with string values in quotes, e.g. strategy='fedavg' alpha=0.5"
+            f"with string values in quotes, e.g. {PAIR_EXAMPLES.get(option, 'key=value')}"
         ) from err
 
 
@@ -154,6 +240,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     federation.setdefault("client-resources-num-cpus", 1)
+    try:
+        check_client_resources(federation)
+        check_output_dir(config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     started = time.time()
     try:
         outcome = simulate(

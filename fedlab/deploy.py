@@ -104,9 +104,9 @@ def generate_credentials(
         If `out_dir` already contains a file this function would write.
     """
     if isinstance(num_supernodes, bool) or not isinstance(num_supernodes, int) or num_supernodes < 1:
-        raise ValueError(f"num_supernodes (--supernodes) must be an int >= 1, got {num_supernodes!r}")
+        raise ValueError(f"--supernodes (num_supernodes) must be an integer >= 1, got {num_supernodes!r}")
     if isinstance(valid_days, bool) or not isinstance(valid_days, int) or valid_days < 1:
-        raise ValueError(f"valid_days (--days) must be an int >= 1, got {valid_days!r}")
+        raise ValueError(f"--days (valid_days) must be an integer >= 1, got {valid_days!r}")
     all_hosts = _unique_hosts([*LOOPBACK_HOSTS, *hosts])
 
     out_dir = Path(out_dir)

@@ -18,6 +18,7 @@ from fedlab.federation import federated_data
 from fedlab.results import save_model, write_json
 from fedlab.server_run import ServerRun
 from fedlab.training import limit_torch_threads
+from fedlab.upload_store import UploadStore
 
 logger = logging.getLogger("fedlab")
 
@@ -53,6 +54,7 @@ def resume_run(run_dir: Path, force: bool = False) -> Path:
     results_path = run_dir / "results.json"
     if results_path.exists() and not force:
         raise FileExistsError(f"{results_path} exists: the run already finished; pass --force to train again")
+    UploadStore(run_dir).load_state()  # fails here, before the data loads, when nothing was stored
 
     started = time.perf_counter()
     limit_torch_threads()

@@ -98,7 +98,16 @@ class UploadStore:
                 f"{path} not found: this run stored no uploads to resume from (only strategies "
                 "that upload distillates store them); start a new run instead"
             )
-        return json.loads(path.read_text())
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PayloadError(
+                f"{path} is unreadable ({err}); it cannot be rebuilt from the uploads, so start a "
+                "new run instead"
+            ) from err
+        if not isinstance(state, dict) or not {"node_ids", "node_partitions"} <= state.keys():
+            raise PayloadError(f"{path} is not a fedlab server state (node_ids or node_partitions is missing)")
+        return state
 
     def restore(self, server: ServerRun) -> tuple[list[int], dict[str, Any]]:
         """Put the stored client accounting back into `server`; return node ids and the state."""
@@ -128,7 +137,10 @@ class UploadStore:
                 with np.load(path, allow_pickle=False) as stored:
                     record = ArrayRecord({name: Array(stored[name]) for name in stored.files})
             except (OSError, ValueError, zipfile.BadZipFile) as err:
-                raise PayloadError(f"stored distillates {path} are unreadable: {err}") from err
+                raise PayloadError(
+                    f"stored distillates {path} are unreadable: {err}; move the file away to "
+                    "resume without that client, who is then listed in failed_clients"
+                ) from err
             try:
                 payloads.append((partition_id, DistillatePayload.from_record(record, num_classes, latent_shape)))
             except PayloadError as err:

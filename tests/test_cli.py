@@ -209,3 +209,39 @@ def test_unquoted_string_gets_a_clear_error(capsys: pytest.CaptureFixture[str]) 
     message = capsys.readouterr().err
     assert "strategy=fedavg" in message
     assert "quotes" in message
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "message"),
+    [
+        ("--run-config", "garbage", "word 'garbage': it is not key=value"),
+        ("--run-config", "alpha 0.5", "word 'alpha': it is not key=value"),
+        ("--run-config", "seed=1 seed=2", "key 'seed' is given twice"),
+        ("--federation-config", "garbage", "e.g. client-resources-num-cpus=2"),
+        ("--federation-config", "client-resources-num-cpus=0", "client-resources-num-cpus=0: must be a number > 0"),
+        ("--federation-config", "client-resources-num-cpus=4096", "so no client could start"),
+        ("--federation-config", "client-resources-num-gpus=-1", "client-resources-num-gpus=-1: must be a number >= 0"),
+    ],
+)
+def test_bad_pairs_and_resources_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, text: str, message: str
+) -> None:
+    args = ["run", option, text]
+    if option != "--run-config":
+        args += ["--run-config", f"output-dir='{tmp_path}'"]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_later_run_config_overrides_an_earlier_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config, _ = resolve_run_config(PROJECT_DIR, ["alpha=0.3 ipc=4", "alpha=0.7"], clients=None)
+    assert config.alpha == 0.7
+    assert config.ipc == 4
+
+
+def test_unwritable_output_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["run", "--run-config", f"output-dir='{blocker / 'runs'}'"]) == 2
+    assert "cannot create it" in capsys.readouterr().err

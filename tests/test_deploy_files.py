@@ -406,8 +406,8 @@ def test_credentials_never_overwritten(credentials) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_supernodes": 0}, "num_supernodes \\(--supernodes\\) must be an int >= 1"),
-        ({"num_supernodes": 1, "valid_days": 0}, "valid_days \\(--days\\) must be an int >= 1"),
+        ({"num_supernodes": 0}, "--supernodes \\(num_supernodes\\) must be an integer >= 1"),
+        ({"num_supernodes": 1, "valid_days": 0}, "--days \\(valid_days\\) must be an integer >= 1"),
         ({"num_supernodes": 1, "hosts": [" "]}, "host names must not be empty"),
         ({"num_supernodes": 1, "hosts": ["bad host!"]}, "'bad host!' is neither an IP address nor a DNS name"),
         ({"num_supernodes": 1, "hosts": ["-lead.example.org"]}, "neither an IP address nor a DNS name"),

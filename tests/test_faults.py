@@ -295,8 +295,19 @@ def test_store_rejects_a_damaged_file(server: ServerRun) -> None:
     store = UploadStore(server.output_dir)
     path = store.save_distillates(0, distillates())
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(PayloadError, match="unreadable"):
+    with pytest.raises(PayloadError, match="unreadable.*move the file away"):
         store.load_distillates(NUM_CLASSES, LATENT_SHAPE)
+
+
+def test_store_names_a_damaged_state_file(server: ServerRun) -> None:
+    store = UploadStore(server.output_dir)
+    store.save_state(server, [1], complete=True)
+    (store.root / "server_state.json").write_text("{not json")
+    with pytest.raises(PayloadError, match="server_state.json is unreadable"):
+        store.load_state()
+    (store.root / "server_state.json").write_text("[]")
+    with pytest.raises(PayloadError, match="not a fedlab server state"):
+        store.load_state()
 
 
 def test_missing_store_explains_what_to_do(tmp_path: Path) -> None:

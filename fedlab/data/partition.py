@@ -15,12 +15,10 @@ partitioner because it transforms each client's images after partitioning.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from numbers import Real
@@ -32,6 +30,7 @@ import numpy as np
 from fedlab.data.feature_skew import check_feature_skew, feature_skew_record
 from fedlab.data.splits import check_labels, check_seed
 from fedlab.registry import Registry
+from fedlab.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -572,20 +571,7 @@ def save_manifest(
         raise TypeError(f"extra must contain only JSON-serialisable values: {error}") from error
 
     destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    atomic_write_text(destination, text)
     logger.info(
         "saved %d partitions (%s, seed %d) to %s", len(partitions), partitioner, seed, destination
     )
