@@ -37,7 +37,7 @@ def test_commit_names_a_revision() -> None:
     assert commit == "unknown" or len(commit.removesuffix("+changes")) == 40
 
 
-def test_table_shows_downloads_and_marks_rows_recorded_without_them() -> None:
+def test_table_marks_missing_downloads() -> None:
     (first, first_overrides), (second, second_overrides) = ROWS[0], ROWS[1]
     measured = {
         "name": first, "command": row_command(first_overrides), "test_accuracy": 0.94,
