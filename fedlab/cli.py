@@ -98,8 +98,19 @@ def check_data_root(config: RunConfig) -> None:
     folder = Path(config.data_root).expanduser()
     if not folder.is_dir():
         raise ConfigError(
-            f"invalid run-config value data-root={config.data_root!r}: no such folder; point it at "
+            f"invalid run-config value data-root={config.data_root!r}: folder not found; point it at "
             f"the local copy of dataset {config.dataset!r} (nothing is downloaded)"
+        )
+
+
+def check_supernode_count(federation: dict[str, Any], config: RunConfig) -> None:
+    """Reject a ``num-supernodes`` federation setting that differs from ``num-clients``."""
+    supernodes = federation.get("num-supernodes", config.num_clients)
+    if supernodes != config.num_clients:
+        raise ConfigError(
+            f"invalid --federation-config value num-supernodes={supernodes}: it differs from "
+            f"num-clients={config.num_clients}; give the client count once, with --clients "
+            "(with make: make run CLIENTS=N)"
         )
 
 
@@ -147,7 +158,7 @@ def check_output_dir(config: RunConfig) -> None:
 
 
 def resume_hint(config: RunConfig, started: float) -> str:
-    """Say whether an interrupted run left stored uploads that `fedlab resume` can train from."""
+    """Return a message naming the run folder that `fedlab resume` can continue, if any."""
     output_dir = Path(config.output_dir).expanduser()
     states = []
     if output_dir.is_dir():
@@ -164,7 +175,7 @@ PAIR_EXAMPLES = {
 }
 
 
-# A key=value pair as Flower's parser reads it (a quoted value may hold spaces), or a stray word.
+# A key=value pair as Flower's parser reads it (a quoted value may contain spaces), or a stray word.
 _PAIR_OR_WORD = re.compile(r"""(\S+?)=('[^']*'|"[^"]*"|\S+)|(\S+)""")
 
 
@@ -186,7 +197,7 @@ def _check_pairs(items: list[str], option: str) -> None:
                     f"by spaces, e.g. {example}"
                 )
             if key in seen:
-                raise ConfigError(f"invalid {option}: key {key!r} is given twice; give it once")
+                raise ConfigError(f"invalid {option}: duplicate key {key!r}; give each key once")
             seen.add(key)
             try:
                 tomllib.loads(f"value = {value}")
@@ -219,31 +230,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     app_dir = Path(args.app_dir).resolve()
     try:
         config, overrides = resolve_run_config(app_dir, args.run_config, args.clients, args.saved_run)
+        federation = _parse_pairs(args.federation_config, "--federation-config")
+        federation.setdefault("client-resources-num-cpus", 1)
+        check_supernode_count(federation, config)
+        check_client_resources(federation)
         check_run_folder_free(config)
         check_autoencoder_folder(config)
         check_data_root(config)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        federation = _parse_pairs(args.federation_config, "--federation-config")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    supernodes = federation.get("num-supernodes", config.num_clients)
-    if supernodes != config.num_clients:
-        print(
-            f"error: --federation-config num-supernodes={supernodes} disagrees with "
-            f"num-clients={config.num_clients}; give the client count once, with --clients "
-            "(with make: make run CLIENTS=N)",
-            file=sys.stderr,
-        )
-        return 2
-    federation.setdefault("client-resources-num-cpus", 1)
-    try:
-        check_client_resources(federation)
         check_output_dir(config)
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.time()

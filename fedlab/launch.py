@@ -426,7 +426,7 @@ def flwr_run(
     log_text = "".join(lines)
     match = re.search(r"Successfully started run (\d+)", log_text)
     if match is None:
-        # Flower explains a refused submission (such as an unknown federation-config field)
+        # Flower explains a rejected submission (such as an unknown federation-config field)
         # in its last lines, drawn inside a box.
         stripped = (line.strip().strip("│╭╮╰╯─ ") for line in lines[-5:])
         explanation = " | ".join(line for line in stripped if line and line != "Error")

@@ -54,7 +54,7 @@ def resume_run(run_dir: Path, force: bool = False) -> Path:
     results_path = run_dir / "results.json"
     if results_path.exists() and not force:
         raise FileExistsError(f"{results_path} exists: the run already finished; pass --force to train again")
-    UploadStore(run_dir).load_state()  # fails here, before the data loads, when nothing was stored
+    UploadStore(run_dir).load_state()  # raises before the data loads when the run stored no uploads
 
     started = time.perf_counter()
     limit_torch_threads()

@@ -41,7 +41,7 @@ class UploadStore:
     # Writing ------------------------------------------------------------------------------
 
     def distillates_path(self, partition_id: int) -> Path:
-        """Return the file that holds, or will hold, one partition's accepted distillates."""
+        """Return the path of one partition's stored distillates, whether or not the file exists."""
         return self.root / f"partition-{partition_id:04d}.npz"
 
     def save_distillates(self, partition_id: int, payload: DistillatePayload) -> Path:

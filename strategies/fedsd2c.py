@@ -145,10 +145,9 @@ class FedSD2CStrategy(FedLabStrategy):
 
     @staticmethod
     def _record_missing_uploads(server: ServerRun, store: UploadStore, stored: set[int]) -> None:
-        """Name every accepted client whose stored upload has gone, as a failed client.
+        """Record every accepted client whose stored upload is missing as a failed client.
 
-        The results then show which clients the resumed model was trained without, rather
-        than counting them as successful.
+        The results then list the clients that the resumed model was trained without.
         """
         failed_nodes = {failure.node_id for failure in server.failures}
         for node_id, partition_id in sorted(server.node_partitions.items(), key=lambda item: item[1]):

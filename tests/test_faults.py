@@ -239,7 +239,7 @@ def test_store_round_trip_orders_by_partition(server: ServerRun) -> None:
     assert restored.failed_clients()[0]["node_id"] == 13
 
 
-def test_resume_names_clients_whose_upload_is_gone(server: ServerRun) -> None:
+def test_resume_lists_missing_uploads(server: ServerRun) -> None:
     store = UploadStore(server.output_dir)
     for partition in (0, 1, 2):
         store.save_distillates(partition, distillates(seed=partition))
@@ -255,7 +255,7 @@ def test_resume_names_clients_whose_upload_is_gone(server: ServerRun) -> None:
     assert "partition-0001.npz is missing" in str(failures[1]["reason"])
 
 
-def test_moved_run_uses_its_original_cache(tmp_path: Path) -> None:
+def test_moved_run_uses_original_cache(tmp_path: Path) -> None:
     original, moved = tmp_path / "outputs", tmp_path / "elsewhere"
     (original / "cache").mkdir(parents=True)
     (moved / "run-1").mkdir(parents=True)
@@ -268,7 +268,7 @@ def test_moved_run_uses_its_original_cache(tmp_path: Path) -> None:
     assert autoencoder_cache_root(config.replace(ae_cache_dir=str(tmp_path / "ae")), moved / "run-1") == tmp_path / "ae"
 
 
-def test_strategy_prepares_autoencoder_beside_the_run(tmp_path: Path) -> None:
+def test_strategy_prepares_autoencoder(tmp_path: Path) -> None:
     config = tiny_config(autoencoder="random", output_dir=str(tmp_path))
     server = ServerRun(grid=None, config=config, data=federated_data(config), output_dir=tmp_path / "run-1")
 
@@ -280,7 +280,7 @@ def test_strategy_prepares_autoencoder_beside_the_run(tmp_path: Path) -> None:
     assert server.phase_seconds["autoencoder"] >= 0
 
 
-def test_run_files_get_the_umask_mode(tmp_path: Path) -> None:
+def test_run_files_follow_umask(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
         write_json(tmp_path / "results.json", {"a": 1})
@@ -299,7 +299,7 @@ def test_store_rejects_a_damaged_file(server: ServerRun) -> None:
         store.load_distillates(NUM_CLASSES, LATENT_SHAPE)
 
 
-def test_store_names_a_damaged_state_file(server: ServerRun) -> None:
+def test_store_rejects_damaged_state(server: ServerRun) -> None:
     store = UploadStore(server.output_dir)
     store.save_state(server, [1], complete=True)
     (store.root / "server_state.json").write_text("{not json")
@@ -325,7 +325,7 @@ def test_resume_refuses_finished_and_unsupported_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="resumable strategies: fedsd2c"):
         resume_run(tmp_path)
     write_json(tmp_path / "results.json", {})
-    # A finished run of a strategy without uploads is refused as such, not asked for --force.
+    # A strategy without uploads is rejected before the --force check, even for a finished run.
     with pytest.raises(ValueError, match="resumable strategies: fedsd2c"):
         resume_run(tmp_path, force=False)
     write_json(tmp_path / "config.json", {"run_config": tiny_config(strategy="fedsd2c").to_run_config()})

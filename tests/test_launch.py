@@ -31,7 +31,7 @@ def test_parse_results_path_takes_the_last_marker() -> None:
     assert parse_results_path("nothing here") is None
 
 
-def test_failure_reason_takes_the_last_exception_line() -> None:
+def test_failure_reason_takes_last_exception() -> None:
     log = (
         "INFO :      Starting\n"
         "Traceback (most recent call last):\n"
