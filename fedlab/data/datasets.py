@@ -209,6 +209,10 @@ def load_dataset(name: str = "mnist", data_root: str = "", image_size: int = 0) 
 # Datasets whose files ship with an installed package; every other one reads `data_root`.
 PACKAGED_DATASETS = frozenset({"mnist", "digits"})
 
+# Number of classes of each dataset whose class list is fixed; an image folder has as many
+# classes as it has subfolders.
+CLASS_COUNTS = {"mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "imagenette": 10, "tinyimagenet": 200}
+
 
 @DATASETS.register("mnist")
 def load_mnist(data_root: str, image_size: int) -> DatasetBundle:
