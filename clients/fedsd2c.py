@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms.v2 import functional as TF
 
 from clients.base import DISTILLERS, Distillates, Distiller
 from fedlab.autoencoder import decode, encode
@@ -248,6 +247,9 @@ def random_resized_crops(
     Tensor
         N x num_crops x C x H x W bilinearly resized crops.
     """
+    # torchvision is imported here: importing it loads torch._dynamo, over a second of start-up.
+    from torchvision.transforms.v2 import functional as TF
+
     count, channels, height, width = images.shape
     boxes = sample_crop_boxes(count * num_crops, height, width, scale_min, generator)
     boxes = boxes.view(count, num_crops, 4).tolist()

@@ -20,13 +20,18 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from torch import Tensor
 
 from fedlab.results import file_mode
+
+if TYPE_CHECKING:
+    # diffusers takes about a second to import, so it is imported where an autoencoder is
+    # built or loaded: runs of the model-sharing strategies never need it.
+    from diffusers import AutoencoderKL
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +140,8 @@ def build_autoencoder(
     _check_int("latent_channels", latent_channels, 1)
     _check_int("base_channels", base_channels, 1)
     _check_int("seed", seed, 0)
+
+    from diffusers import AutoencoderKL
 
     num_blocks = int(math.log2(factor)) + 1
     block_out_channels = tuple(
@@ -249,6 +256,8 @@ def load_autoencoder(path: str | Path) -> AutoencoderKL:
             f"missing. Create one with `fedlab pretrain-autoencoder --out {folder}` (or "
             "save_autoencoder() in Python), or pass the folder that contains config.json."
         )
+    from diffusers import AutoencoderKL
+
     # low_cpu_mem_usage=False: the default would need the accelerate package and warns without it.
     ae = AutoencoderKL.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     _freeze(ae)

@@ -103,6 +103,24 @@ def check_data_root(config: RunConfig) -> None:
         )
 
 
+def check_partitions(config: RunConfig) -> None:
+    """Build the partitions of a packaged dataset now, so an impossible request fails early.
+
+    MNIST and digits load in well under a second, so a partition setting that cannot be met
+    (such as a minimum partition size above what the pool allows) stops here instead of in
+    the ServerApp. Datasets read from ``data-root`` can be large and are checked there.
+    """
+    from fedlab.data.datasets import PACKAGED_DATASETS
+    from fedlab.federation import federated_data
+
+    if config.dataset not in PACKAGED_DATASETS:
+        return
+    try:
+        federated_data(config)
+    except ValueError as err:
+        raise ConfigError(f"the run config asks for partitions that cannot be built: {err}") from err
+
+
 def check_supernode_count(federation: dict[str, Any], config: RunConfig) -> None:
     """Reject a ``num-supernodes`` federation setting that differs from ``num-clients``."""
     supernodes = federation.get("num-supernodes", config.num_clients)
@@ -238,6 +256,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_autoencoder_folder(config)
         check_data_root(config)
         check_output_dir(config)
+        check_partitions(config)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

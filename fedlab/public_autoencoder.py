@@ -11,9 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from diffusers import AutoencoderKL
+from typing import TYPE_CHECKING, Any
 
 from fedlab.autoencoder import (
     autoencoder_cache_path,
@@ -27,6 +25,9 @@ from fedlab.autoencoder import (
 )
 from fedlab.config import ConfigError, RunConfig
 from fedlab.data import FederatedData
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 logger = logging.getLogger(__name__)
 

@@ -245,3 +245,14 @@ def test_unwritable_output_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     blocker.write_text("not a folder")
     assert main(["run", "--run-config", f"output-dir='{blocker / 'runs'}'"]) == 2
     assert "cannot create it" in capsys.readouterr().err
+
+
+def test_run_rejects_impossible_partitions_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The MNIST pool holds 3,500 digits, so 10 clients cannot get 400 each.
+    assert main(["run", "--run-config", f"output-dir='{tmp_path}' min-partition-size=400"]) == 2
+    error = capsys.readouterr().err
+    assert "partitions that cannot be built" in error
+    assert "min_partition_size=400 (min-partition-size) exceeds the 3500 samples" in error
+    assert not any(tmp_path.iterdir())

@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as tvf
 
 from fedlab.data.datasets import ImageDataset
 
@@ -166,6 +164,10 @@ def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
     are 0. For square images, 90 degrees gives exactly ``torch.rot90(images, 1,
     dims=(-2, -1))``.
     """
+    # torchvision is imported here: importing it loads torch._dynamo, over a second of start-up.
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvf
+
     return tvf.rotate(images, float(degrees), interpolation=InterpolationMode.BILINEAR, fill=0)
 
 

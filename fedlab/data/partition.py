@@ -637,8 +637,9 @@ def _check_request(
         raise TypeError(f"params must be a PartitionParams, got {type(params).__name__}")
     if num_partitions * params.min_partition_size > len(labels):
         raise ValueError(
-            f"num_partitions={num_partitions} times min_partition_size="
-            f"{params.min_partition_size} exceeds the {len(labels)} samples. Lower either value"
+            f"num_partitions={num_partitions} (num-clients) times min_partition_size="
+            f"{params.min_partition_size} (min-partition-size) exceeds the {len(labels)} samples "
+            "to partition. Lower either value"
         )
     return labels
 
