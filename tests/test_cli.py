@@ -250,9 +250,17 @@ def test_unwritable_output_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
 def test_run_rejects_impossible_partitions_before_starting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The MNIST pool holds 3,500 digits, so 10 clients cannot get 400 each.
+    # The MNIST pool has 3,500 digits, so 10 clients cannot get 400 each.
     assert main(["run", "--run-config", f"output-dir='{tmp_path}' min-partition-size=400"]) == 2
     error = capsys.readouterr().err
     assert "partitions that cannot be built" in error
     assert "min_partition_size=400 (min-partition-size) exceeds the 3500 samples" in error
     assert not any(tmp_path.iterdir())
+
+
+def test_run_rejects_too_few_shard_holders_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--clients", "3", "--run-config",
+                 f"output-dir='{tmp_path}' partitioner='shards' shards-per-client=2"]) == 2
+    assert "times shards_per_client=2 (shards-per-client) is less than the 10 classes" in capsys.readouterr().err
