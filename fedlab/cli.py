@@ -118,7 +118,10 @@ def check_partitions(config: RunConfig) -> None:
     try:
         federated_data(config)
     except ValueError as err:
-        raise ConfigError(f"the run config asks for partitions that cannot be built: {err}") from err
+        cap = ""
+        if 0 < config.max_pool_samples:
+            cap = f" (max-pool-samples={config.max_pool_samples} caps the client pool; raising it also helps)"
+        raise ConfigError(f"dataset {config.dataset!r} cannot be split as the run config asks: {err}{cap}") from err
 
 
 def check_supernode_count(federation: dict[str, Any], config: RunConfig) -> None:

@@ -253,7 +253,7 @@ def test_run_rejects_impossible_partitions_before_starting(
     # The MNIST pool has 3,500 digits, so 10 clients cannot get 400 each.
     assert main(["run", "--run-config", f"output-dir='{tmp_path}' min-partition-size=400"]) == 2
     error = capsys.readouterr().err
-    assert "partitions that cannot be built" in error
+    assert "dataset 'mnist' cannot be split as the run config asks" in error
     assert "min_partition_size=400 (min-partition-size) exceeds the 3500 samples" in error
     assert not any(tmp_path.iterdir())
 
@@ -264,3 +264,10 @@ def test_run_rejects_too_few_shard_holders_before_starting(
     assert main(["run", "--clients", "3", "--run-config",
                  f"output-dir='{tmp_path}' partitioner='shards' shards-per-client=2"]) == 2
     assert "times shards_per_client=2 (shards-per-client) is less than the 10 classes" in capsys.readouterr().err
+
+
+def test_small_pool_error_names_max_pool_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--run-config", f"output-dir='{tmp_path}' max-pool-samples=50"]) == 2
+    error = capsys.readouterr().err
+    assert "exceeds the 50 samples" in error
+    assert "max-pool-samples=50 caps the client pool" in error

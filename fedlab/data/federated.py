@@ -165,8 +165,8 @@ def build_federated_data(
     labels = train.labels.numpy()
     if bundle.test is None and test_fraction == 0:
         raise ValueError(
-            f"dataset {dataset!r} has no official test split, so test_fraction must be > 0 "
-            "to hold out a server test set, got test_fraction=0"
+            f"dataset {dataset!r} has no official test split, so test_fraction (run-config "
+            "test-fraction) must be > 0 to hold out a server test set, got test_fraction=0"
         )
     split_test_fraction = 0.0 if bundle.test is not None else test_fraction
     splits = split_indices(labels, split_test_fraction, public_fraction, seed)
