@@ -247,7 +247,7 @@ def test_unwritable_output_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert "cannot create it" in capsys.readouterr().err
 
 
-def test_run_rejects_impossible_partitions_before_starting(
+def test_impossible_partitions_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The MNIST pool has 3,500 digits, so 10 clients cannot get 400 each.
@@ -258,7 +258,7 @@ def test_run_rejects_impossible_partitions_before_starting(
     assert not any(tmp_path.iterdir())
 
 
-def test_run_rejects_too_few_shard_holders_before_starting(
+def test_too_few_shard_holders_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["run", "--clients", "3", "--run-config",
@@ -266,7 +266,7 @@ def test_run_rejects_too_few_shard_holders_before_starting(
     assert "times shards_per_client=2 (shards-per-client) is less than the 10 classes" in capsys.readouterr().err
 
 
-def test_small_pool_error_names_max_pool_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pool_cap_named_in_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--run-config", f"output-dir='{tmp_path}' max-pool-samples=50"]) == 2
     error = capsys.readouterr().err
     assert "exceeds the 50 samples" in error
