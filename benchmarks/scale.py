@@ -173,9 +173,8 @@ def command_for(strategy: str, clients: int, mode: str) -> list[str]:
         if strategy not in PLAIN_SCRIPTS:
             raise ValueError(f"strategy {strategy!r} has no plain script; run it with --mode platform")
         script = PROJECT_DIR / "benchmarks" / PLAIN_SCRIPTS[strategy]
-        # One torch thread, as in each Ray actor. On 2 cores this workload's width-16 ConvNet
-        # trained 1.7 to 4 times faster per step with one thread than with two. The
-        # 1,000-client FedAvg cell took 123 s with one thread against 401 s with two.
+        # One torch thread, as in each Ray actor. The 1,000-client FedAvg cell took 123 s with
+        # one thread against 401 s with two on 2 cores, because its width-16 ConvNet is small.
         return ["env", "OMP_NUM_THREADS=1", sys.executable, str(script), "--run-config", run_config]
     return [
         sys.executable, "-m", "fedlab.cli", "run", "--app-dir", str(PROJECT_DIR), "--quiet",

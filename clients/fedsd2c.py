@@ -247,7 +247,7 @@ def random_resized_crops(
     Tensor
         N x num_crops x C x H x W bilinearly resized crops.
     """
-    # torchvision is imported here: importing it loads torch._dynamo, over a second of start-up.
+    # Imported here because torchvision loads torch._dynamo, which adds over a second to start-up.
     from torchvision.transforms.v2 import functional as TF
 
     count, channels, height, width = images.shape

@@ -30,7 +30,7 @@ from fedlab.results import file_mode
 
 if TYPE_CHECKING:
     # diffusers takes about a second to import, so it is imported where an autoencoder is
-    # built or loaded: runs of the model-sharing strategies never need it.
+    # built or loaded. Runs of the model-sharing strategies do not import it.
     from diffusers import AutoencoderKL
 
 logger = logging.getLogger(__name__)

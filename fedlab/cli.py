@@ -104,11 +104,10 @@ def check_data_root(config: RunConfig) -> None:
 
 
 def check_partitions(config: RunConfig) -> None:
-    """Build the partitions of a packaged dataset now, so an impossible request fails early.
+    """Build the partitions of a packaged dataset, so an impossible request fails before the run.
 
-    MNIST and digits load in well under a second, so a partition setting that cannot be met
-    (such as a minimum partition size above what the pool allows) stops here instead of in
-    the ServerApp. Datasets read from ``data-root`` can be large and are checked there.
+    MNIST and digits load in under a second. Datasets read from ``data-root`` can be large,
+    so the ServerApp checks their partitions when it loads them.
     """
     from fedlab.data.datasets import PACKAGED_DATASETS
     from fedlab.federation import federated_data
@@ -121,7 +120,7 @@ def check_partitions(config: RunConfig) -> None:
         cap = ""
         if 0 < config.max_pool_samples:
             cap = f" (max-pool-samples={config.max_pool_samples} caps the client pool; raising it also helps)"
-        raise ConfigError(f"dataset {config.dataset!r} cannot be split as the run config asks: {err}{cap}") from err
+        raise ConfigError(f"invalid partition settings for dataset {config.dataset!r}: {err}{cap}") from err
 
 
 def check_supernode_count(federation: dict[str, Any], config: RunConfig) -> None:

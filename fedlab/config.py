@@ -221,8 +221,8 @@ class RunConfig:
         _check(self, "shards_per_client", self.shards_per_client >= 1, "at least 1")
         from fedlab.data.datasets import CLASS_COUNTS
 
-        # Only the upper bound: a pool cut by max-pool-samples, or a local copy with only some
-        # of the classes, may need fewer holders, which the partitioner checks on the labels.
+        # Only the upper bound is checked here. A pool cut by max-pool-samples may lack classes
+        # and need fewer holders, so the partitioner checks the lower bound on the labels.
         classes = CLASS_COUNTS.get(self.dataset)
         if self.partitioner == "shards" and classes is not None:
             _check(self, "shards_per_client", self.shards_per_client <= classes,

@@ -253,7 +253,7 @@ def test_impossible_partitions_exit_2(
     # The MNIST pool has 3,500 digits, so 10 clients cannot get 400 each.
     assert main(["run", "--run-config", f"output-dir='{tmp_path}' min-partition-size=400"]) == 2
     error = capsys.readouterr().err
-    assert "dataset 'mnist' cannot be split as the run config asks" in error
+    assert "invalid partition settings for dataset 'mnist'" in error
     assert "min_partition_size=400 (min-partition-size) exceeds the 3500 samples" in error
     assert not any(tmp_path.iterdir())
 

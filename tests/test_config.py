@@ -118,7 +118,7 @@ def test_file_datasets_need_a_data_root() -> None:
     assert RunConfig.from_run_config({"dataset": "digits"}).data_root == ""
 
 
-def test_shards_must_fit_the_dataset_classes() -> None:
+def test_shards_above_class_count_rejected() -> None:
     with pytest.raises(ConfigError, match="shards-per-client=11: must be at most 10, the number of classes of dataset 'mnist'"):
         RunConfig.from_run_config({"partitioner": "shards", "shards-per-client": 11})
     # Too few holders for 10 classes is left to the partitioner, which counts the classes present.

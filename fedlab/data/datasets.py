@@ -209,8 +209,8 @@ def load_dataset(name: str = "mnist", data_root: str = "", image_size: int = 0) 
 # Datasets whose files ship with an installed package; every other one reads `data_root`.
 PACKAGED_DATASETS = frozenset({"mnist", "digits"})
 
-# Number of classes of each dataset whose class list is fixed; an image folder has as many
-# classes as it has subfolders.
+# Class count of each dataset with a fixed class list. An image folder has one class per
+# subfolder, so it is not listed.
 CLASS_COUNTS = {"mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "imagenette": 10, "tinyimagenet": 200}
 
 

@@ -164,7 +164,7 @@ def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
     are 0. For square images, 90 degrees gives exactly ``torch.rot90(images, 1,
     dims=(-2, -1))``.
     """
-    # torchvision is imported here: importing it loads torch._dynamo, over a second of start-up.
+    # Imported here because torchvision loads torch._dynamo, which adds over a second to start-up.
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as tvf
 
