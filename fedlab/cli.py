@@ -104,18 +104,22 @@ def check_data_root(config: RunConfig) -> None:
 
 
 def check_partitions(config: RunConfig) -> None:
-    """Build the partitions of a packaged dataset, so an impossible request fails before the run.
+    """Make the run's splits and partitions from the labels, so an impossible request fails early.
 
-    MNIST and digits load in under a second. Datasets read from ``data-root`` can be large,
-    so the ServerApp checks their partitions when it loads them.
+    Only the labels are read (for image folders, the file names), so no image is
+    decoded twice. Missing or malformed dataset files fail here too.
     """
-    from fedlab.data.datasets import PACKAGED_DATASETS
-    from fedlab.federation import federated_data
+    from fedlab.data import read_labels
+    from fedlab.federation import check_federated_partitions
 
-    if config.dataset not in PACKAGED_DATASETS:
+    try:
+        labels = read_labels(config.dataset, config.data_root)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"cannot read dataset {config.dataset!r}: {err}") from err
+    if labels is None:
         return
     try:
-        federated_data(config)
+        check_federated_partitions(config, labels)
     except ValueError as err:
         cap = ""
         if 0 < config.max_pool_samples:

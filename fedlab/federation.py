@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from fedlab.config import RunConfig
-from fedlab.data import FederatedData, PartitionParams, build_federated_data
+from fedlab.data import (
+    DatasetLabels,
+    FederatedData,
+    PartitionParams,
+    build_federated_data,
+    check_partition_request,
+)
 
 
 def partition_params(config: RunConfig) -> PartitionParams:
@@ -30,6 +36,21 @@ def federated_data(config: RunConfig) -> FederatedData:
         config.dataset,
         config.data_root,
         config.image_size,
+        config.test_fraction,
+        config.public_fraction,
+        config.max_pool_samples,
+        config.partitioner,
+        config.num_clients,
+        config.seed,
+        partition_params(config),
+    )
+
+
+def check_federated_partitions(config: RunConfig, labels: DatasetLabels) -> None:
+    """Check that the run's splits and partitions can be made from the dataset's labels."""
+    check_partition_request(
+        config.dataset,
+        labels,
         config.test_fraction,
         config.public_fraction,
         config.max_pool_samples,

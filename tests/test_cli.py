@@ -271,3 +271,40 @@ def test_pool_cap_named_in_error(tmp_path: Path, capsys: pytest.CaptureFixture[s
     error = capsys.readouterr().err
     assert "exceeds the 50 samples" in error
     assert "max-pool-samples=50 caps the client pool" in error
+
+
+def write_class_folders(root: Path, images_per_class: dict[str, int]) -> None:
+    from PIL import Image
+
+    for name, count in images_per_class.items():
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / f"{i}.png")
+
+
+def test_data_root_partitions_checked_early(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    write_class_folders(data, {"cat": 12, "dog": 12})
+    # A broken image shows that only file names were read, not the images.
+    (data / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    outputs = tmp_path / "outputs"
+    assert main(["run", "--clients", "1", "--run-config",
+                 f"output-dir='{outputs}' dataset='imagefolder' data-root='{data}' "
+                 "partitioner='shards' shards-per-client=1 min-partition-size=1"]) == 2
+    error = capsys.readouterr().err
+    assert "invalid partition settings for dataset 'imagefolder'" in error
+    assert "less than the 2 classes" in error
+    assert not any(outputs.iterdir())
+
+
+def test_missing_dataset_files_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--run-config",
+                 f"output-dir='{tmp_path / 'outputs'}' dataset='cifar10' data-root='{tmp_path}'"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot read dataset 'cifar10'" in error
+    assert "cifar-10-batches-py" in error

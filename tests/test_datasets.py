@@ -12,11 +12,14 @@ from PIL import Image
 
 from fedlab.data import (
     DATASETS,
+    DatasetBundle,
     FederatedData,
     ImageDataset,
     PartitionParams,
     build_federated_data,
+    check_partition_request,
     load_dataset,
+    read_labels,
     split_indices,
     stratified_subsample,
 )
@@ -284,6 +287,77 @@ def test_cifar_truncated_pickle_names_file(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------
 # Image folders
+# ---------------------------------------------------------------------------
+# Labels without images
+# ---------------------------------------------------------------------------
+
+
+def write_cifar100(root: Path) -> None:
+    folder = root / "cifar-100-python"
+    write_cifar_batch(folder / "train", [5, 99, 5, 0], b"fine_labels")
+    write_cifar_batch(folder / "test", [1, 2], b"fine_labels")
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        ("mnist", None),
+        ("digits", None),
+        ("cifar10", write_cifar10),
+        ("cifar100", write_cifar100),
+        ("imagefolder", write_image_tree),
+        ("imagenette", write_image_tree),
+        ("tinyimagenet", lambda root: write_tinyimagenet(root, ["n02", "n01"])),
+    ],
+)
+def test_read_labels_matches_the_loader(tmp_path: Path, name: str, write) -> None:
+    if write is not None:
+        write(tmp_path)
+
+    labels = read_labels(name, str(tmp_path))
+    bundle = load_dataset(name, str(tmp_path), image_size=8)
+
+    assert labels is not None
+    assert labels.train.dtype == np.int64
+    assert labels.train.tolist() == bundle.train.labels.tolist()
+    assert labels.has_test == (bundle.test is not None)
+
+
+def test_read_labels_opens_no_image(tmp_path: Path) -> None:
+    write_image_tree(tmp_path)
+    (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+
+    labels = read_labels("imagefolder", str(tmp_path))
+
+    assert labels is not None
+    assert labels.train.tolist() == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="broken.png"):
+        load_dataset("imagefolder", str(tmp_path), image_size=8)
+
+
+def test_read_labels_checks_the_layout(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        read_labels("cifar10", str(tmp_path))
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(FileNotFoundError, match="test_batch"):
+        read_labels("cifar10", str(tmp_path))
+    with pytest.raises(ValueError, match="data-root"):
+        read_labels("imagenette", "")
+    with pytest.raises(ValueError, match="mnist"):
+        read_labels("no-such-dataset")
+
+
+def test_read_labels_of_a_dataset_without_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    def load_toy(data_root: str, image_size: int) -> DatasetBundle:
+        return DatasetBundle(train=make_dataset(), test=None)
+
+    # Registered for this test only; a registry has no removal.
+    monkeypatch.setitem(DATASETS._entries, "toy", load_toy)
+
+    assert read_labels("toy") is None
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -628,3 +702,32 @@ def test_federated_no_public_set() -> None:
     assert data.public is None
     assert len(data.pool_indices) == 300
     assert data.num_partitions == 4
+
+
+@pytest.mark.parametrize(
+    ("partitioner", "clients", "params", "error"),
+    [
+        ("iid", 2, PartitionParams(min_partition_size=4), "exceeds the 5 samples"),
+        ("shards", 1, PartitionParams(shards_per_client=1), "less than the 2 classes"),
+        ("dirichlet", 2, PartitionParams(alpha=0.5, min_partition_size=1), None),
+    ],
+)
+def test_partition_request_checked_from_labels(
+    tmp_path: Path, partitioner: str, clients: int, params: PartitionParams, error: str | None
+) -> None:
+    # Five training images in two classes, and a val split.
+    write_image_tree(tmp_path)
+    labels = read_labels("imagefolder", str(tmp_path))
+    assert labels is not None
+    args = (0.0, 0.0, 0, partitioner, clients, 0, params)
+
+    if error is None:
+        check_partition_request("imagefolder", labels, *args)
+        data = build_federated_data("imagefolder", str(tmp_path), 8, *args)
+        assert data.num_partitions == clients
+        return
+    with pytest.raises(ValueError, match=error) as from_labels:
+        check_partition_request("imagefolder", labels, *args)
+    with pytest.raises(ValueError) as from_images:
+        build_federated_data("imagefolder", str(tmp_path), 8, *args)
+    assert str(from_labels.value) == str(from_images.value)

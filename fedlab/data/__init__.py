@@ -4,9 +4,11 @@ from fedlab.data.datasets import (
     DATASETS,
     IMAGE_EXTENSIONS,
     DatasetBundle,
+    DatasetLabels,
     DatasetLoader,
     ImageDataset,
     load_dataset,
+    read_labels,
 )
 from fedlab.data.feature_skew import (
     FEATURE_SKEW_LEVELS,
@@ -15,7 +17,7 @@ from fedlab.data.feature_skew import (
     feature_skew_levels,
     feature_skew_record,
 )
-from fedlab.data.federated import FederatedData, build_federated_data
+from fedlab.data.federated import FederatedData, build_federated_data, check_partition_request
 from fedlab.data.partition import (
     MANIFEST_FORMAT_VERSION,
     PARTITIONERS,
@@ -37,6 +39,7 @@ __all__ = [
     "MANIFEST_FORMAT_VERSION",
     "PARTITIONERS",
     "DatasetBundle",
+    "DatasetLabels",
     "DatasetLoader",
     "FederatedData",
     "ImageDataset",
@@ -46,12 +49,14 @@ __all__ = [
     "Splits",
     "apply_feature_skew",
     "build_federated_data",
+    "check_partition_request",
     "feature_skew_levels",
     "feature_skew_record",
     "heterogeneity_scalars",
     "load_dataset",
     "load_manifest",
     "partition_summary",
+    "read_labels",
     "save_manifest",
     "split_indices",
     "stratified_subsample",

@@ -12,7 +12,7 @@ import logging
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +201,46 @@ def load_dataset(name: str = "mnist", data_root: str = "", image_size: int = 0) 
     return bundle
 
 
+@dataclass(frozen=True, eq=False)
+class DatasetLabels:
+    """Train labels of a dataset, read without decoding its images.
+
+    Attributes
+    ----------
+    train : numpy.ndarray
+        int64 class label of every training image, in the order the loader reads them.
+    has_test : bool
+        Whether the dataset has an official test split.
+    """
+
+    train: np.ndarray
+    has_test: bool
+
+
+def read_labels(name: str, data_root: str = "") -> DatasetLabels | None:
+    """Read the train labels of a registered dataset without decoding its images.
+
+    Splits and partitions depend on the labels only, so a partition request can be
+    checked without decoding thousands of images. The folder layout is validated as
+    the loader validates it, but image files are only listed, never opened.
+
+    Returns
+    -------
+    DatasetLabels or None
+        The labels, or None for a dataset registered without a label reader.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        As :func:`load_dataset` does for an unknown name or missing or malformed files.
+    """
+    DATASETS.get(name)
+    if not isinstance(data_root, (str, os.PathLike)):
+        raise TypeError(f"data_root must be a path string, got {data_root!r}")
+    reader = _LABEL_READERS.get(name)
+    return None if reader is None else reader(os.fspath(data_root))
+
+
 # ---------------------------------------------------------------------------
 # Bundled datasets
 # ---------------------------------------------------------------------------
@@ -271,11 +311,9 @@ def load_cifar10(data_root: str, image_size: int) -> DatasetBundle:
 
     `data_root` may be that folder or the folder that contains it.
     """
-    folder = _find_named_folder(data_root, "cifar-10-batches-py", "data_batch_1", "cifar10")
-    train_images, train_labels = _read_cifar_files(
-        [folder / f"data_batch_{i}" for i in range(1, 6)], b"labels"
-    )
-    test_images, test_labels = _read_cifar_files([folder / "test_batch"], b"labels")
+    train_files, test_files = _cifar10_files(data_root)
+    train_images, train_labels = _read_cifar_files(train_files, b"labels")
+    test_images, test_labels = _read_cifar_files(test_files, b"labels")
     return DatasetBundle(
         train=_make_dataset("cifar10/train", train_images, train_labels, 10, image_size),
         test=_make_dataset("cifar10/test", test_images, test_labels, 10, image_size),
@@ -288,13 +326,23 @@ def load_cifar100(data_root: str, image_size: int) -> DatasetBundle:
 
     `data_root` may be that folder or the folder that contains it.
     """
-    folder = _find_named_folder(data_root, "cifar-100-python", "train", "cifar100")
-    train_images, train_labels = _read_cifar_files([folder / "train"], b"fine_labels")
-    test_images, test_labels = _read_cifar_files([folder / "test"], b"fine_labels")
+    train_files, test_files = _cifar100_files(data_root)
+    train_images, train_labels = _read_cifar_files(train_files, b"fine_labels")
+    test_images, test_labels = _read_cifar_files(test_files, b"fine_labels")
     return DatasetBundle(
         train=_make_dataset("cifar100/train", train_images, train_labels, 100, image_size),
         test=_make_dataset("cifar100/test", test_images, test_labels, 100, image_size),
     )
+
+
+def _cifar10_files(data_root: str) -> tuple[list[Path], list[Path]]:
+    folder = _find_named_folder(data_root, "cifar-10-batches-py", "data_batch_1", "cifar10")
+    return [folder / f"data_batch_{i}" for i in range(1, 6)], [folder / "test_batch"]
+
+
+def _cifar100_files(data_root: str) -> tuple[list[Path], list[Path]]:
+    folder = _find_named_folder(data_root, "cifar-100-python", "train", "cifar100")
+    return [folder / "train"], [folder / "test"]
 
 
 def _find_named_folder(data_root: str, folder_name: str, marker_file: str, dataset: str) -> Path:
@@ -318,19 +366,26 @@ def _find_named_folder(data_root: str, folder_name: str, marker_file: str, datas
 def _read_cifar_files(paths: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     image_parts, label_parts = [], []
     for path in paths:
-        batch = _unpickle_cifar(path)
-        data = _cifar_field(batch, b"data", path)
-        labels = _cifar_field(batch, label_key, path)
-        data = np.asarray(data)
-        labels = np.asarray(labels)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-            raise ValueError(
-                f"malformed CIFAR file {path}: expected 'data' of shape (N, 3072) and N "
-                f"labels, got data shape {data.shape} and {len(labels)} labels"
-            )
+        data, labels = _read_cifar_batch(path, label_key)
         image_parts.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
-        label_parts.append(labels.astype(np.int64, copy=False))
+        label_parts.append(labels)
     return np.concatenate(image_parts), np.concatenate(label_parts)
+
+
+def _read_cifar_labels(paths: list[Path], label_key: bytes) -> np.ndarray:
+    return np.concatenate([_read_cifar_batch(path, label_key)[1] for path in paths])
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle_cifar(path)
+    data = np.asarray(_cifar_field(batch, b"data", path))
+    labels = np.asarray(_cifar_field(batch, label_key, path))
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(
+            f"malformed CIFAR file {path}: expected 'data' of shape (N, 3072) and N "
+            f"labels, got data shape {data.shape} and {len(labels)} labels"
+        )
+    return data, labels.astype(np.int64, copy=False)
 
 
 def _unpickle_cifar(path: Path) -> dict:
@@ -373,6 +428,35 @@ def _cifar_field(batch: dict, key: bytes, path: Path) -> object:
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class _FileListing:
+    """Image files and their labels, listed from a folder tree before any image is read."""
+
+    dataset: str
+    num_classes: int
+    train_files: list[Path]
+    train_labels: list[int]
+    test_files: list[Path] | None = None
+    test_labels: list[int] | None = None
+
+    def read(self, size: int) -> DatasetBundle:
+        train = _read_image_files(
+            f"{self.dataset}/train", self.train_files, self.train_labels, self.num_classes, size
+        )
+        test = None
+        if self.test_files is not None and self.test_labels is not None:
+            test = _read_image_files(
+                f"{self.dataset}/val", self.test_files, self.test_labels, self.num_classes, size
+            )
+        return DatasetBundle(train=train, test=test)
+
+    def labels(self) -> DatasetLabels:
+        return DatasetLabels(
+            train=np.array(self.train_labels, dtype=np.int64),
+            has_test=self.test_files is not None,
+        )
+
+
 @DATASETS.register("imagefolder")
 def load_imagefolder(data_root: str, image_size: int) -> DatasetBundle:
     """Load ``data_root/train/<class>/<image>`` and, if present, ``data_root/val/<class>/<image>``.
@@ -380,13 +464,13 @@ def load_imagefolder(data_root: str, image_size: int) -> DatasetBundle:
     Classes are the train subfolders sorted by name. Images are converted to RGB and
     resized to `image_size` squares, 64 pixels when `image_size` is 0.
     """
-    return _load_class_folders(data_root, image_size or 64, "imagefolder")
+    return _list_class_folders(data_root, "imagefolder").read(image_size or 64)
 
 
 @DATASETS.register("imagenette")
 def load_imagenette(data_root: str, image_size: int) -> DatasetBundle:
     """Load Imagenette 2 (``train/<wnid>/``, ``val/<wnid>/``), 128 pixels when `image_size` is 0."""
-    return _load_class_folders(data_root, image_size or 128, "imagenette")
+    return _list_class_folders(data_root, "imagenette").read(image_size or 128)
 
 
 @DATASETS.register("tinyimagenet")
@@ -399,7 +483,10 @@ def load_tinyimagenet(data_root: str, image_size: int) -> DatasetBundle:
     comes from ``wnids.txt`` when present, else from the sorted train folder names.
     The unlabelled ``test/`` folder is not read.
     """
-    size = image_size or 64
+    return _list_tinyimagenet(data_root).read(image_size or 64)
+
+
+def _list_tinyimagenet(data_root: str) -> _FileListing:
     root = _require_root(data_root, "tinyimagenet", "train/<wnid>/images/*.JPEG")
     train_dir = root / "train"
     _require_dir(train_dir, "tinyimagenet", "train/<wnid>/images/*.JPEG")
@@ -434,16 +521,13 @@ def load_tinyimagenet(data_root: str, image_size: int) -> DatasetBundle:
             raise ValueError(f"class folder {image_dir} contains no images")
         train_files.extend(files)
         train_labels.extend([class_index[name]] * len(files))
-    train = _read_image_files(
-        "tinyimagenet/train", train_files, train_labels, len(class_names), size
-    )
+    listing = _FileListing("tinyimagenet", len(class_names), train_files, train_labels)
 
-    test = None
     val_dir = root / "val"
     if val_dir.is_dir():
         files, labels = _read_val_annotations(val_dir, class_index)
-        test = _read_image_files("tinyimagenet/val", files, labels, len(class_names), size)
-    return DatasetBundle(train=train, test=test)
+        listing = replace(listing, test_files=files, test_labels=labels)
+    return listing
 
 
 def _read_val_annotations(
@@ -485,7 +569,7 @@ def _read_val_annotations(
     return files, labels
 
 
-def _load_class_folders(data_root: str, size: int, dataset: str) -> DatasetBundle:
+def _list_class_folders(data_root: str, dataset: str) -> _FileListing:
     layout = "train/<class>/<image> and optional val/<class>/<image>"
     root = _require_root(data_root, dataset, layout)
     train_dir = root / "train"
@@ -496,9 +580,8 @@ def _load_class_folders(data_root: str, size: int, dataset: str) -> DatasetBundl
     class_index = {name: i for i, name in enumerate(class_names)}
 
     train_files, train_labels = _collect_class_files(train_dir, class_names, class_index)
-    train = _read_image_files(f"{dataset}/train", train_files, train_labels, len(class_names), size)
+    listing = _FileListing(dataset, len(class_names), train_files, train_labels)
 
-    test = None
     val_dir = root / "val"
     if val_dir.is_dir():
         val_names = _list_subfolders(val_dir)
@@ -510,10 +593,8 @@ def _load_class_folders(data_root: str, size: int, dataset: str) -> DatasetBundl
             )
         if val_names:
             val_files, val_labels = _collect_class_files(val_dir, val_names, class_index)
-            test = _read_image_files(
-                f"{dataset}/val", val_files, val_labels, len(class_names), size
-            )
-    return DatasetBundle(train=train, test=test)
+            listing = replace(listing, test_files=val_files, test_labels=val_labels)
+    return listing
 
 
 def _collect_class_files(
@@ -677,11 +758,59 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
+# ---------------------------------------------------------------------------
+# Label readers
+# ---------------------------------------------------------------------------
+
+
+def _labels_from_loader(name: str) -> Callable[[str], DatasetLabels]:
+    """Read labels by loading the dataset, for the packaged ones that load in under a second."""
+
+    def read(data_root: str) -> DatasetLabels:
+        bundle = DATASETS.get(name)(data_root, 0)
+        return DatasetLabels(train=bundle.train.labels.numpy(), has_test=bundle.test is not None)
+
+    return read
+
+
+def _labels_from_cifar_files(
+    list_files: Callable[[str], tuple[list[Path], list[Path]]], label_key: bytes
+) -> Callable[[str], DatasetLabels]:
+    def read(data_root: str) -> DatasetLabels:
+        train_files, test_files = list_files(data_root)
+        # The loader reads the test files too, so check that they are readable.
+        _read_cifar_labels(test_files, label_key)
+        return DatasetLabels(train=_read_cifar_labels(train_files, label_key), has_test=True)
+
+    return read
+
+
+def _labels_from_listing(list_files: Callable[[str], _FileListing]) -> Callable[[str], DatasetLabels]:
+    def read(data_root: str) -> DatasetLabels:
+        return list_files(data_root).labels()
+
+    return read
+
+
+_LABEL_READERS: dict[str, Callable[[str], DatasetLabels]] = {
+    "mnist": _labels_from_loader("mnist"),
+    "digits": _labels_from_loader("digits"),
+    "cifar10": _labels_from_cifar_files(_cifar10_files, b"labels"),
+    "cifar100": _labels_from_cifar_files(_cifar100_files, b"fine_labels"),
+    "imagefolder": _labels_from_listing(lambda root: _list_class_folders(root, "imagefolder")),
+    "imagenette": _labels_from_listing(lambda root: _list_class_folders(root, "imagenette")),
+    "tinyimagenet": _labels_from_listing(_list_tinyimagenet),
+}
+
+
 __all__ = [
     "DATASETS",
     "DatasetBundle",
+    "DatasetLabels",
     "DatasetLoader",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "load_dataset",
+    "read_labels",
 ]
+

@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from fedlab.data.datasets import ImageDataset, load_dataset
+from fedlab.data.datasets import DatasetLabels, ImageDataset, load_dataset
 from fedlab.data.feature_skew import apply_feature_skew, feature_skew_record
 from fedlab.data.partition import (
     PARTITIONERS,
+    Partitioner,
     PartitionParams,
     heterogeneity_scalars,
     partition_summary,
 )
-from fedlab.data.splits import split_indices, stratified_subsample
+from fedlab.data.splits import Splits, split_indices, stratified_subsample
 
 logger = logging.getLogger(__name__)
 
@@ -155,29 +156,16 @@ def build_federated_data(
         argument is outside its valid range.
     """
     partition_fn = PARTITIONERS.get(partitioner)
-    if isinstance(max_pool_samples, bool) or not isinstance(max_pool_samples, (int, np.integer)):
-        raise TypeError(f"max_pool_samples must be an int (0 for no cap), got {max_pool_samples!r}")
-    if max_pool_samples < 0:
-        raise ValueError(f"max_pool_samples must be >= 0 (0 for no cap), got {max_pool_samples}")
+    _check_max_pool_samples(max_pool_samples)
 
     bundle = load_dataset(dataset, data_root, image_size)
     train = bundle.train
-    labels = train.labels.numpy()
-    if bundle.test is None and test_fraction == 0:
-        raise ValueError(
-            f"dataset {dataset!r} has no official test split, so test_fraction (run-config "
-            "test-fraction) must be > 0 to hold out a server test set, got test_fraction=0"
-        )
-    split_test_fraction = 0.0 if bundle.test is not None else test_fraction
-    splits = split_indices(labels, split_test_fraction, public_fraction, seed)
-
+    splits, pool, parts = _split_and_partition(
+        dataset, train.labels.numpy(), bundle.test is not None, test_fraction, public_fraction,
+        max_pool_samples, partition_fn, num_partitions, seed, params,
+    )
     test = bundle.test if bundle.test is not None else train.subset(splits.test)
     public = train.subset(splits.public) if len(splits.public) > 0 else None
-
-    pool = splits.pool
-    if 0 < max_pool_samples < len(pool):
-        pool = pool[stratified_subsample(labels[pool], max_pool_samples, seed)]
-    parts = partition_fn(labels[pool], num_partitions, seed, params)
     partitions = [_read_only(pool[part]) for part in parts]
     if params.feature_skew != "none" and params.feature_skew_strength == 0:
         logger.warning(
@@ -208,6 +196,68 @@ def build_federated_data(
         params=params,
         seed=seed,
     )
+
+
+def check_partition_request(
+    dataset: str,
+    labels: DatasetLabels,
+    test_fraction: float,
+    public_fraction: float,
+    max_pool_samples: int,
+    partitioner: str,
+    num_partitions: int,
+    seed: int,
+    params: PartitionParams,
+) -> None:
+    """Make the splits and partitions of :func:`build_federated_data` from the labels alone.
+
+    Reading the labels of a dataset (:func:`~fedlab.data.read_labels`) decodes no
+    image, so an impossible partition request fails before a run starts. The other
+    arguments mean the same as in :func:`build_federated_data`.
+
+    Raises
+    ------
+    ValueError
+        The error :func:`build_federated_data` would raise for these settings.
+    """
+    partition_fn = PARTITIONERS.get(partitioner)
+    _check_max_pool_samples(max_pool_samples)
+    _split_and_partition(
+        dataset, labels.train, labels.has_test, test_fraction, public_fraction,
+        max_pool_samples, partition_fn, num_partitions, seed, params,
+    )
+
+
+def _check_max_pool_samples(max_pool_samples: int) -> None:
+    if isinstance(max_pool_samples, bool) or not isinstance(max_pool_samples, (int, np.integer)):
+        raise TypeError(f"max_pool_samples must be an int (0 for no cap), got {max_pool_samples!r}")
+    if max_pool_samples < 0:
+        raise ValueError(f"max_pool_samples must be >= 0 (0 for no cap), got {max_pool_samples}")
+
+
+def _split_and_partition(
+    dataset: str,
+    labels: np.ndarray,
+    has_test: bool,
+    test_fraction: float,
+    public_fraction: float,
+    max_pool_samples: int,
+    partition_fn: Partitioner,
+    num_partitions: int,
+    seed: int,
+    params: PartitionParams,
+) -> tuple[Splits, np.ndarray, list[np.ndarray]]:
+    """Return the splits, the capped client pool and the partitions as positions in the pool."""
+    if not has_test and test_fraction == 0:
+        raise ValueError(
+            f"dataset {dataset!r} has no official test split, so test_fraction (run-config "
+            "test-fraction) must be > 0 to hold out a server test set, got test_fraction=0"
+        )
+    splits = split_indices(labels, 0.0 if has_test else test_fraction, public_fraction, seed)
+    pool = splits.pool
+    if 0 < max_pool_samples < len(pool):
+        pool = pool[stratified_subsample(labels[pool], max_pool_samples, seed)]
+    return splits, pool, partition_fn(labels[pool], num_partitions, seed, params)
 
 
 def _read_only(indices: np.ndarray) -> np.ndarray:
