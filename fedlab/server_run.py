@@ -144,6 +144,8 @@ class ServerRun:
         that have not answered within ``reply-timeout`` as timed out; each gets one logged
         line. `on_accept` runs on every accepted reply right away (to store it before the
         others arrive). Upload bytes are counted from the serialized records of each reply.
+        The accepted replies are returned in partition order, not arrival order, so that
+        sums over clients add in the same order on every run.
         In a simulation at most ``max-in-flight`` messages are in flight, and the next one
         is sent when a reply arrives (:mod:`fedlab.dispatch`).
 
@@ -187,8 +189,8 @@ class ServerRun:
     ) -> list[Message]:
         """Sort replies collected elsewhere into accepted ones and recorded failures.
 
-        The same checks and accounting as :meth:`send_and_collect`, for replies that a
-        Flower strategy received itself.
+        The same checks, accounting and partition order as :meth:`send_and_collect`, for
+        replies that a Flower strategy received itself.
 
         Raises
         ------
@@ -250,7 +252,21 @@ class ServerRun:
                 f"fewer than min-replies={needed}; lower min-replies or fix the clients; failures: "
                 + "; ".join(f"node {f.node_id} {f.kind}: {f.reason}" for f in self.failures)
             )
-        return accepted
+        return self._in_partition_order(accepted)
+
+    def _in_partition_order(self, replies: list[Message]) -> list[Message]:
+        """Sort replies by partition id, then node id for nodes that reported none.
+
+        Replies arrive in whatever order the clients finish, and floating-point sums
+        such as a model average depend on the order of their terms.
+        """
+
+        def key(reply: Message) -> tuple[int, int, int]:
+            node_id = reply.metadata.src_node_id
+            partition = self.node_partitions.get(node_id)
+            return (0, partition, node_id) if partition is not None else (1, 0, node_id)
+
+        return sorted(replies, key=key)
 
     def record_failure(self, node_id: int, reason: str, message_type: str, kind: str = FAILED) -> None:
         """Record and log, in one line, a client that failed, timed out or was rejected."""

@@ -197,6 +197,16 @@ def test_too_few_accepted_replies_stop_the_run(server: ServerRun) -> None:
                                "train.distill", check=check_distillates)
 
 
+def test_accepted_replies_in_partition_order(server: ServerRun) -> None:
+    # Node ids do not follow partition ids, and node 9 reports no partition id.
+    no_partition = reply_from(9, RecordDict({DISTILLATES_KEY: distillates().to_record()}))
+    replies = [distillate_reply(5, 2), no_partition, distillate_reply(7, 0), distillate_reply(3, 1)]
+
+    accepted = server.account_replies([3, 5, 7, 9], replies, "train.distill", check=check_distillates)
+
+    assert [reply.metadata.src_node_id for reply in accepted] == [7, 3, 5, 9]
+
+
 @pytest.mark.parametrize("kind", ["missing-record", "missing-array", "extra-array", "bad-shape", "bad-dtype",
                                   "non-finite"])
 def test_malformed_model_uploads_are_rejected(server: ServerRun, kind: str) -> None:
