@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("report", help="write scale.json, scale.csv and scale.png from the rows")
     args = parser.parse_args(argv)
     # The autoencoder is pretrained in this process before the first FedSD2C cell, and torch
-    # reads these settings (sleeping OpenMP threads) when it loads. The cells inherit them.
+    # reads these settings (the OpenMP spin count) when it loads. The cells inherit them.
     os.environ.update(OFFLINE_ENV)
 
     if args.command == "run":

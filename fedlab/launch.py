@@ -39,12 +39,12 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    # Idle OpenMP threads sleep instead of spinning. With spinning, a process with 2 torch
-    # threads ran an autoencoder epoch 30 times slower while other processes used the cores.
-    # On 2 cores that was 92 s against 3 s with 1 thread, and sleeping threads cut it to 8 s.
-    # NOTE: sleeping threads slow down small kernels. The MNIST autoencoder pretrained at 6.5 s
-    # per epoch with 2 sleeping threads, 2.5 s with 1 thread and 2.3 s with 2 spinning ones.
-    "OMP_WAIT_POLICY": "PASSIVE",
+    # An idle OpenMP thread spins 10,000 times, then sleeps. With libgomp's default of 300,000
+    # spins, two 2-thread torch processes on 2 cores ran up to 10 times slower than with threads
+    # that never spin, because each one's spinning took the cores the other needed. Never
+    # spinning made a lone process 2.5 times slower than the default. benchmarks/omp_wait.py
+    # measures the three settings. The spin count changes the speed, never the results.
+    "GOMP_SPINCOUNT": "10000",
 }
 
 #: The ServerApp logs this marker followed by the absolute path of its results file.
