@@ -106,8 +106,8 @@ def check_data_root(config: RunConfig) -> None:
 def check_partitions(config: RunConfig) -> None:
     """Make the run's splits and partitions from the labels, so an impossible request fails early.
 
-    Only the labels are read (for image folders, the file names), so no image is
-    decoded twice. Missing or malformed dataset files fail here too.
+    Only the labels are read (for image folders, the file names), so the check
+    decodes no image. Missing or malformed dataset files fail here too.
     """
     from fedlab.data import read_labels
     from fedlab.federation import check_federated_partitions
