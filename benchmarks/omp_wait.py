@@ -63,7 +63,7 @@ def run_together(settings_env: dict[str, str], copies: int) -> list[tuple[float,
     for process in processes:
         output, _ = process.communicate()
         if process.returncode != 0:
-            raise RuntimeError(f"worker exited with status {process.returncode}")
+            raise RuntimeError(f"pretraining worker failed with status {process.returncode}; its traceback is printed above")
         seconds, fingerprint = output.split()
         results.append((float(seconds), fingerprint))
     return results
@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# OpenMP wait settings and autoencoder pretraining",
         "",
-        "Seconds for one epoch of MNIST autoencoder pretraining (200 digits, 2 torch threads),",
-        f"fastest to slowest of {args.repeats} runs; with two processes, of both processes' times.",
+        "Seconds for one epoch of MNIST autoencoder pretraining (200 digits, 2 torch threads):",
+        f"the fastest and the slowest time over {args.repeats} repeat(s) of each cell, and with two",
+        "processes at once over both processes' times.",
         f"Every run trained the same weights (fingerprint {fingerprints.pop()[:16]}).",
         "",
         "| setting | alone | two processes at once |",
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured on {time.strftime('%Y-%m-%d')} on {machine}, with",
         "",
         "```bash",
-        ".venv/bin/python benchmarks/omp_wait.py",
+        " ".join([".venv/bin/python benchmarks/omp_wait.py", *(argv if argv is not None else sys.argv[1:])]),
         "```",
         "",
     ]
