@@ -63,7 +63,9 @@ def run_together(settings_env: dict[str, str], copies: int) -> list[tuple[float,
     for process in processes:
         output, _ = process.communicate()
         if process.returncode != 0:
-            raise RuntimeError(f"pretraining worker failed with status {process.returncode}; its traceback is printed above")
+            raise RuntimeError(
+                f"pretraining worker failed with status {process.returncode}; its traceback is printed above"
+            )
         seconds, fingerprint = output.split()
         results.append((float(seconds), fingerprint))
     return results

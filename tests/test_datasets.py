@@ -731,3 +731,11 @@ def test_partition_request_checked_from_labels(
     with pytest.raises(ValueError) as from_images:
         build_federated_data("imagefolder", str(tmp_path), 8, *args)
     assert str(from_labels.value) == str(from_images.value)
+
+
+def test_partition_error_names_the_pool(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"client pool holds 300 of the 1797 training samples"):
+        build_federated_data("digits", "", 0, 0.1, 0.0, 300, "iid", 4, 0, PartitionParams(min_partition_size=100))
+    write_image(tmp_path / "train" / "a" / "x.png", (1, 2, 3))
+    with pytest.raises(ValueError, match="raise test-fraction or add a val/ split"):
+        build_federated_data("imagefolder", str(tmp_path), 4, 0.0, 0.0, 0, "iid", 1, 0, PartitionParams())

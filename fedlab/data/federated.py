@@ -22,6 +22,9 @@ from fedlab.data.splits import Splits, split_indices, stratified_subsample
 
 logger = logging.getLogger(__name__)
 
+# Datasets read from class folders, whose optional val/ folder is the official test split.
+_VAL_FOLDER_DATASETS = frozenset({"imagefolder", "imagenette", "tinyimagenet"})
+
 
 @dataclass(frozen=True, eq=False)
 class FederatedData:
@@ -249,15 +252,24 @@ def _split_and_partition(
 ) -> tuple[Splits, np.ndarray, list[np.ndarray]]:
     """Return the splits, the capped client pool and the partitions as positions in the pool."""
     if not has_test and test_fraction == 0:
+        val_hint = " or add a val/ split to data-root" if dataset in _VAL_FOLDER_DATASETS else ""
         raise ValueError(
             f"dataset {dataset!r} has no official test split, so test_fraction (run-config "
-            "test-fraction) must be > 0 to hold out a server test set, got test_fraction=0"
+            "test-fraction) must be > 0 to hold out a server test set, got test_fraction=0; "
+            f"raise test-fraction{val_hint}"
         )
     splits = split_indices(labels, 0.0 if has_test else test_fraction, public_fraction, seed)
     pool = splits.pool
     if 0 < max_pool_samples < len(pool):
         pool = pool[stratified_subsample(labels[pool], max_pool_samples, seed)]
-    return splits, pool, partition_fn(labels[pool], num_partitions, seed, params)
+    try:
+        parts = partition_fn(labels[pool], num_partitions, seed, params)
+    except ValueError as err:
+        raise ValueError(
+            f"{err} (the client pool holds {len(pool)} of the {len(labels)} training samples; "
+            "the others are the server test set, the public set or beyond max-pool-samples)"
+        ) from err
+    return splits, pool, parts
 
 
 def _read_only(indices: np.ndarray) -> np.ndarray:
