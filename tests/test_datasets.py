@@ -734,7 +734,7 @@ def test_partition_request_checked_from_labels(
 
 
 def test_partition_error_names_the_pool(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"client pool holds 300 of the 1797 training samples"):
+    with pytest.raises(ValueError, match=r"client pool contains 300 of the 1797 training samples"):
         build_federated_data("digits", "", 0, 0.1, 0.0, 300, "iid", 4, 0, PartitionParams(min_partition_size=100))
     write_image(tmp_path / "train" / "a" / "x.png", (1, 2, 3))
     with pytest.raises(ValueError, match="raise test-fraction or add a val/ split"):

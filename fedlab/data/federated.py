@@ -266,7 +266,7 @@ def _split_and_partition(
         parts = partition_fn(labels[pool], num_partitions, seed, params)
     except ValueError as err:
         raise ValueError(
-            f"{err} (the client pool holds {len(pool)} of the {len(labels)} training samples; "
+            f"{err} (the client pool contains {len(pool)} of the {len(labels)} training samples; "
             "the others are the server test set, the public set or beyond max-pool-samples)"
         ) from err
     return splits, pool, parts
