@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedlab.config import RunConfig
 from fedlab.data import (
     DatasetLabels,
@@ -26,36 +28,28 @@ def partition_params(config: RunConfig) -> PartitionParams:
     )
 
 
+def split_settings(config: RunConfig) -> dict[str, Any]:
+    """Return the run's split and partition arguments, shared by loading and checking its data."""
+    return {
+        "test_fraction": config.test_fraction,
+        "public_fraction": config.public_fraction,
+        "max_pool_samples": config.max_pool_samples,
+        "partitioner": config.partitioner,
+        "num_partitions": config.num_clients,
+        "seed": config.seed,
+        "params": partition_params(config),
+    }
+
+
 def federated_data(config: RunConfig) -> FederatedData:
     """Load, split and partition the run's dataset (cached per process).
 
     Server and clients call this with the same config and get the same split and
     partitions, because every step is a function of the config and its seed.
     """
-    return build_federated_data(
-        config.dataset,
-        config.data_root,
-        config.image_size,
-        config.test_fraction,
-        config.public_fraction,
-        config.max_pool_samples,
-        config.partitioner,
-        config.num_clients,
-        config.seed,
-        partition_params(config),
-    )
+    return build_federated_data(config.dataset, config.data_root, config.image_size, **split_settings(config))
 
 
 def check_federated_partitions(config: RunConfig, labels: DatasetLabels) -> None:
     """Check that the run's splits and partitions can be made from the dataset's labels."""
-    check_partition_request(
-        config.dataset,
-        labels,
-        config.test_fraction,
-        config.public_fraction,
-        config.max_pool_samples,
-        config.partitioner,
-        config.num_clients,
-        config.seed,
-        partition_params(config),
-    )
+    check_partition_request(config.dataset, labels, **split_settings(config))
